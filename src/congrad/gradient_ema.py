@@ -1,0 +1,212 @@
+"""Per-language gradient EMAs of a model's tracked matrices (DESIGN.md section 4).
+
+In: a model whose ``.grad`` holds one single-language minibatch's gradient, and that
+language's code. Out: per language and tracked matrix a :class:`~congrad.lowrank.LowRankEMA`;
+the ``L x L`` Gram matrix of the languages' (bias-corrected) EMAs over all tracked
+matrices; save/load as safetensors with a JSON header.
+
+Tracked by default: the weight of every ``nn.Linear`` inside the numbered decoder blocks
+(``...layers.<i>...``: attention and MLP projections), not embeddings, ``lm_head``, norms
+or biases. With LoRA (peft) the base weights are frozen, so the trainable
+``lora_A`` / ``lora_B`` linears are what is tracked. Only ``nn.Linear`` weights are
+tracked because the one-pass scorer (:mod:`congrad.scoring`) relies on ``y = x W^T``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from congrad.atomic import write_atomic
+from congrad.lowrank import LowRankEMA, stable_seed
+
+FORMAT = "congrad.gradient_ema/1"
+_BLOCK_INDEX = re.compile(r"(^|\.)\d+(\.|$)")
+
+
+def tracked_linears(model: nn.Module, include: Sequence[str] | None = None) -> dict[str, nn.Linear]:
+    """The tracked ``nn.Linear`` modules of ``model``, keyed by their weight's name.
+
+    ``include`` is a list of glob patterns matched against weight names (for example
+    ``["*.self_attn.*", "*.mlp.down_proj.weight"]``); ``None`` selects every trainable
+    linear inside a numbered block. Raises ``ValueError`` when nothing is selected.
+    """
+    selected: dict[str, nn.Linear] = {}
+    for module_name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or not module.weight.requires_grad:
+            continue
+        weight_name = f"{module_name}.weight"
+        if include is None:
+            chosen = bool(_BLOCK_INDEX.search(module_name))
+        else:
+            chosen = any(fnmatch.fnmatchcase(weight_name, pattern) for pattern in include)
+        if chosen:
+            selected[weight_name] = module
+    if not selected:
+        raise ValueError(
+            "no trainable nn.Linear weight matches the tracked set "
+            f"(include={list(include) if include is not None else 'decoder blocks'}); "
+            "check the patterns against model.named_parameters()"
+        )
+    return selected
+
+
+class GradientEMA:
+    """Per-language low-rank EMAs of the gradients of a model's tracked matrices."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        rank: int = 64,
+        iters: int = 3,
+        gamma: float = 0.9,
+        include: Sequence[str] | None = None,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.rank, self.iters, self.gamma, self.seed = rank, iters, gamma, seed
+        self.include = list(include) if include is not None else None
+        self._modules = tracked_linears(model, include)
+        self.shapes = {name: tuple(m.weight.shape) for name, m in self._modules.items()}
+        self._device = device
+        self._emas: dict[str, dict[str, LowRankEMA]] = {}
+        LowRankEMA((1, 1), rank=rank, iters=iters, gamma=gamma)  # validate hyperparameters
+
+    @property
+    def tracked_names(self) -> list[str]:
+        return list(self.shapes)
+
+    @property
+    def languages(self) -> list[str]:
+        """Languages seen so far, sorted (the row order of :meth:`gram`)."""
+        return sorted(self._emas)
+
+    def counts(self) -> dict[str, int]:
+        """Number of updates per language."""
+        return {lang: next(iter(emas.values())).count for lang, emas in sorted(self._emas.items())}
+
+    def matrices(self, lang: str) -> dict[str, LowRankEMA]:
+        """The EMAs of one language, keyed by tracked weight name."""
+        if lang not in self._emas:
+            raise KeyError(f"no EMA for language {lang!r}; seen: {self.languages}")
+        return self._emas[lang]
+
+    def _new_language(self, lang: str) -> dict[str, LowRankEMA]:
+        return {
+            name: LowRankEMA(
+                shape,  # type: ignore[arg-type]
+                rank=self.rank,
+                iters=self.iters,
+                gamma=self.gamma,
+                seed=stable_seed(self.seed, lang, name),
+                device=self._device
+                if self._device is not None
+                else self._modules[name].weight.device,
+            )
+            for name, shape in self.shapes.items()
+        }
+
+    @torch.no_grad()
+    def update(self, lang: str) -> None:
+        """Fold the tracked parameters' current ``.grad`` into language ``lang``'s EMA.
+
+        A tracked weight without a gradient counts as a zero gradient; all of them
+        without one is an error (``backward`` was not called).
+        """
+        if not lang or "|" in lang:
+            raise ValueError(f"language code must be non-empty without '|', got {lang!r}")
+        grads = {name: module.weight.grad for name, module in self._modules.items()}
+        if all(g is None for g in grads.values()):
+            raise RuntimeError(
+                "GradientEMA.update: no tracked parameter has a .grad; call backward first"
+            )
+        emas = self._emas.get(lang) or self._new_language(lang)
+        for name, ema in emas.items():
+            grad = grads[name]
+            ema.update(grad if grad is not None else torch.zeros(self.shapes[name]))
+        self._emas[lang] = emas
+
+    def gram(self) -> torch.Tensor:
+        """``(L, L)`` float64 Gram matrix of the bias-corrected language EMAs."""
+        langs = self.languages
+        gram = torch.zeros(len(langs), len(langs), dtype=torch.float64)
+        for a, lang_a in enumerate(langs):
+            for b in range(a, len(langs)):
+                total = sum(
+                    float(ema.inner(self._emas[langs[b]][name]))
+                    for name, ema in self._emas[lang_a].items()
+                )
+                gram[a, b] = gram[b, a] = total
+        return gram
+
+    @property
+    def nbytes(self) -> int:
+        return sum(ema.nbytes for emas in self._emas.values() for ema in emas.values())
+
+    def header(self) -> dict[str, object]:
+        return {
+            "format": FORMAT,
+            "rank": self.rank,
+            "iters": self.iters,
+            "gamma": self.gamma,
+            "seed": self.seed,
+            "include": self.include,
+            "tracked": {name: list(shape) for name, shape in self.shapes.items()},
+            "counts": self.counts(),
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write factors and header to one safetensors file, atomically."""
+        tensors = {
+            f"{lang}|{name}|{key}": value.detach().cpu().contiguous()
+            for lang, emas in self._emas.items()
+            for name, ema in emas.items()
+            for key, value in ema.state().items()
+        }
+        metadata = {"congrad": json.dumps(self.header(), sort_keys=True)}
+        write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module) -> GradientEMA:
+        """Load a saved EMA for ``model``; refuses a model whose tracked shapes differ."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get("congrad")
+        if raw is None:
+            raise ValueError(f"{path}: not a congrad GradientEMA file (no 'congrad' header)")
+        header = json.loads(raw)
+        if header.get("format") != FORMAT:
+            raise ValueError(f"{path}: unsupported format {header.get('format')!r}")
+        ema = cls(
+            model,
+            rank=header["rank"],
+            iters=header["iters"],
+            gamma=header["gamma"],
+            include=header["include"],
+            seed=header["seed"],
+        )
+        saved = {name: tuple(shape) for name, shape in header["tracked"].items()}
+        if saved != ema.shapes:
+            differing = sorted(set(saved.items()) ^ set(ema.shapes.items()))[:5]
+            raise ValueError(
+                f"{path}: tracked matrices differ from this model's (first differences: "
+                f"{differing}); load it with the model it was computed on"
+            )
+        tensors = load_file(str(path))
+        for lang, count in header["counts"].items():
+            emas = ema._new_language(lang)
+            for name, matrix in emas.items():
+                matrix.load_state(
+                    {key: tensors[f"{lang}|{name}|{key}"] for key in ("P", "Q")}, count
+                )
+            ema._emas[lang] = emas
+        return ema

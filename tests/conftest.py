@@ -1,0 +1,86 @@
+"""Shared fixtures: the tiny model, multilingual pairs and an EMA filled by real steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from congrad import GradientEMA, PreferencePair, collate_pairs, encode_pair, lp_dpo_loss
+from congrad.losses import sequence_logps
+from congrad.testing import tiny_causal_lm
+
+LANGS = ("en", "de", "zh")
+TEXTS = {
+    "en": ("Explain why the sky is blue.", "Sunlight scatters off air molecules.", "Blue."),
+    "de": ("Warum ist der Himmel blau?", "Das Sonnenlicht wird an der Luft gestreut.", "Weil."),
+    "zh": ("为什么天空是蓝色的？", "阳光被空气分子散射，蓝光散射最多。", "不知道。"),
+}
+
+
+def make_pairs(count: int = 9) -> list[PreferencePair]:
+    """Pairs of varied lengths in three languages (deterministic)."""
+    pairs = []
+    for i in range(count):
+        lang = LANGS[i % len(LANGS)]
+        prompt, good, bad = TEXTS[lang]
+        pairs.append(
+            PreferencePair(
+                pair_id=f"{lang}-{i}",
+                lang=lang,
+                prompt=prompt * (1 + i % 2),
+                chosen=" ".join([good] * (1 + i % 3)),
+                rejected=bad * (1 + i % 4),
+            )
+        )
+    return pairs
+
+
+def fill_ema(model, tokenizer, pairs, ema: GradientEMA, steps: int = 6) -> None:
+    """Run single-language LP-DPO backward passes and fold each into the EMA."""
+    model.train()
+    for step in range(steps):
+        lang = LANGS[step % len(LANGS)]
+        subset = [p for p in pairs if p.lang == lang]
+        batch = collate_pairs([encode_pair(tokenizer, p, 64) for p in subset], 0)
+        model.zero_grad()
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logps = sequence_logps(logits, batch.input_ids, batch.response_mask)
+        n = batch.num_pairs
+        # A reference shifted per step gives non-trivial, step-dependent gradients.
+        loss = lp_dpo_loss(
+            logps[:n],
+            logps[n:],
+            logps[:n].detach() - 0.5 * step,
+            logps[n:].detach(),
+            batch.chosen_lengths,
+            batch.rejected_lengths,
+            beta=0.1,
+            alpha=0.01,
+        ).mean()
+        loss.backward()
+        ema.update(lang)
+    model.zero_grad()
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    return tiny_causal_lm(seed=0)
+
+
+@pytest.fixture(scope="session")
+def pairs():
+    return make_pairs()
+
+
+@pytest.fixture()
+def filled_ema(tiny, pairs):
+    model, tokenizer = tiny
+    ema = GradientEMA(model, rank=4, iters=3, gamma=0.9)
+    fill_ema(model, tokenizer, pairs, ema)
+    return ema
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.use_deterministic_algorithms(False)
+    yield
