@@ -18,16 +18,87 @@ import torch
 from congrad import GradientEMA, PreferencePair, collate_pairs, encode_pair, lp_dpo_loss
 from congrad.losses import sequence_logps
 
-LANGS = ["en", "de", "fr", "es", "it", "pt", "zh", "ja", "ko", "ar", "hi", "vi", "ru", "lv",
-         "lt", "sl", "sk", "pl", "nl", "sv", "fi", "da", "cs", "ro", "hu", "el", "tr", "he",
-         "th", "id"]
+LANGS = [
+    "en",
+    "de",
+    "fr",
+    "es",
+    "it",
+    "pt",
+    "zh",
+    "ja",
+    "ko",
+    "ar",
+    "hi",
+    "vi",
+    "ru",
+    "lv",
+    "lt",
+    "sl",
+    "sk",
+    "pl",
+    "nl",
+    "sv",
+    "fi",
+    "da",
+    "cs",
+    "ro",
+    "hu",
+    "el",
+    "tr",
+    "he",
+    "th",
+    "id",
+]
 WORDS = {
-    "en": "the plant uses light water and air to make sugar and oxygen for life".split(),
-    "de": "die Pflanze nutzt Licht Wasser und Luft um Zucker und Sauerstoff zu bilden".split(),
-    "fr": "la plante utilise la lumière l'eau et l'air pour faire du sucre".split(),
+    "en": [
+        "the",
+        "plant",
+        "uses",
+        "light",
+        "water",
+        "and",
+        "air",
+        "to",
+        "make",
+        "sugar",
+        "and",
+        "oxygen",
+        "for",
+        "life",
+    ],
+    "de": [
+        "die",
+        "Pflanze",
+        "nutzt",
+        "Licht",
+        "Wasser",
+        "und",
+        "Luft",
+        "um",
+        "Zucker",
+        "und",
+        "Sauerstoff",
+        "zu",
+        "bilden",
+    ],
+    "fr": [
+        "la",
+        "plante",
+        "utilise",
+        "la",
+        "lumière",
+        "l'eau",
+        "et",
+        "l'air",
+        "pour",
+        "faire",
+        "du",
+        "sucre",
+    ],
     "zh": list("植物利用光水和空气制造糖和氧气这是生命的基础"),
     "ja": list("植物は光と水と空気を使って糖と酸素を作ります"),
-    "ar": "يستخدم النبات الضوء والماء والهواء لصنع السكر والأكسجين".split(),
+    "ar": ["يستخدم", "النبات", "الضوء", "والماء", "والهواء", "لصنع", "السكر", "والأكسجين"],
 }
 
 
@@ -78,15 +149,28 @@ def dpo_backward(model: Any, tokenizer: Any, pairs: list[PreferencePair], max_le
     n = batch.num_pairs
     chosen, rejected = logps[:n], logps[n:]
     loss = lp_dpo_loss(
-        chosen, rejected, chosen.detach(), rejected.detach(),
-        batch.chosen_lengths, batch.rejected_lengths, beta=0.1, alpha=0.01,
+        chosen,
+        rejected,
+        chosen.detach(),
+        rejected.detach(),
+        batch.chosen_lengths,
+        batch.rejected_lengths,
+        beta=0.1,
+        alpha=0.01,
     )
     loss.sum().backward()
 
 
-def filled_ema(model: Any, tokenizer: Any, languages: list[str], rank: int,
-               pairs_per_step: int = 4, steps_per_lang: int = 1, max_length: int = 256,
-               gamma: float = 0.9) -> GradientEMA:
+def filled_ema(
+    model: Any,
+    tokenizer: Any,
+    languages: list[str],
+    rank: int,
+    pairs_per_step: int = 4,
+    steps_per_lang: int = 1,
+    max_length: int = 256,
+    gamma: float = 0.9,
+) -> GradientEMA:
     """A GradientEMA holding ``steps_per_lang`` real minibatch gradients per language."""
     ema = GradientEMA(model, rank=rank, iters=3, gamma=gamma)
     for step in range(steps_per_lang):
@@ -140,8 +224,7 @@ class PeakMemory:
 
 
 def best_time(function: Callable[[], object], repeats: int) -> float:
-    """Smallest wall time of ``repeats`` runs (after one warm-up run)."""
-    function()
+    """Smallest wall time of ``repeats`` runs (the caller has warmed up)."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

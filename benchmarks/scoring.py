@@ -7,18 +7,21 @@ Measures, for one batch of pairs, in the same run on the same machine:
              statistics picked automatically),
   per-pair   one backward per pair materialising the pair's full gradient over the
              tracked matrices, then its dot and norm (how the paper and LESS score),
-and prints times, ratios to `plain`, peak memory above the loaded model, and the largest
+and prints times (best of --repeats after a warm-up), ratios to `plain`, peak memory
+above the loaded model (CUDA: peak allocated; CPU: peak resident), and the largest
 cosine difference between `score` and `per-pair`. Each phase runs in its own process so
 peak memory is not hidden by an earlier phase.
 
     python benchmarks/scoring.py --model tiny
-    python benchmarks/scoring.py --model smollm2 --languages 10 --rank 64 --batch 16
+    python benchmarks/scoring.py --model smollm2 --languages 10 --rank 64 --batch 16 \
+        --max-length 128 --repeats 1 --phases plain,score,per-pair
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -28,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
+from common import (
     LANGS,
     PeakMemory,
     best_time,
@@ -37,10 +40,9 @@ from common import (  # noqa: E402
     load_model,
     make_pairs,
 )
-
-from congrad import GradientEMA, score_pairs, tracked_linears  # noqa: E402
-from congrad.consensus import Consensus  # noqa: E402
-from congrad.reference import per_pair_gradient  # noqa: E402
+from congrad import GradientEMA, encode_pair, score_pairs, tracked_linears
+from congrad.consensus import Consensus
+from congrad.reference import per_pair_gradient
 
 
 def run_phase(args: argparse.Namespace) -> dict[str, object]:
@@ -48,11 +50,23 @@ def run_phase(args: argparse.Namespace) -> dict[str, object]:
     model, tokenizer = load_model(args.model)
     model.eval()
     device = next(model.parameters()).device
-    ema = GradientEMA.load(args.ema, model)
     pairs = make_pairs(args.batch, LANGS[: args.languages], seed=7)
+    if args.phase == "build-ema":
+        ema = filled_ema(model, tokenizer, LANGS[: args.languages], args.rank)
+        ema.save(args.ema)
+        batch = [encode_pair(tokenizer, p, args.max_length) for p in pairs]
+        return {
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "tracked": len(ema.shapes),
+            "tracked_weights": sum(m * n for m, n in ema.shapes.values()),
+            "tokens": sum(len(e.chosen_input_ids) + len(e.rejected_input_ids) for e in batch),
+            "threads": torch.get_num_threads(),
+        }
+    ema = GradientEMA.load(args.ema, model)
     kw = dict(beta=0.1, alpha=0.01, max_length=args.max_length)
 
     if args.phase == "plain":
+
         def work() -> object:
             model.zero_grad(set_to_none=True)
             dpo_backward(model, tokenizer, pairs, args.max_length)
@@ -61,8 +75,9 @@ def run_phase(args: argparse.Namespace) -> dict[str, object]:
         method = args.phase.split(":")[1] if ":" in args.phase else "auto"
 
         def work() -> object:
-            return score_pairs(model, tokenizer, pairs, ema, batch_size=args.batch,
-                               method=method, **kw)
+            return score_pairs(
+                model, tokenizer, pairs, ema, batch_size=args.batch, method=method, **kw
+            )
     elif args.phase == "per-pair":
         names = list(tracked_linears(model))
         consensus = Consensus.from_ema(ema)
@@ -77,15 +92,24 @@ def run_phase(args: argparse.Namespace) -> dict[str, object]:
     else:
         raise ValueError(args.phase)
 
-    with PeakMemory(device) as memory:
-        result = work()
-    seconds = best_time(work, args.repeats)
-    out: dict[str, object] = {"seconds": seconds, "peak_bytes": memory.peak_bytes}
-    if args.phase.startswith("score"):
-        out["cosines"] = [s.cosine for s in result]  # type: ignore[union-attr]
-    if args.phase == "per-pair":
-        out["cosines"] = result
-    return out
+    if args.measure == "memory":  # a cold run: library start-up is small beside the phase
+        with PeakMemory(device) as memory:
+            result = work()
+        out: dict[str, object] = {"peak_bytes": memory.peak_bytes}
+        if args.phase.startswith("score"):
+            out["cosines"] = [s.cosine for s in result]  # type: ignore[union-attr]
+        if args.phase == "per-pair":
+            out["cosines"] = result
+        return out
+    work()  # warm-up
+    return {"seconds": best_time(work, args.repeats)}
+
+
+def _child(command: list[str], env: dict[str, str]) -> dict[str, object]:
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(command[2:5])} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -100,6 +124,7 @@ def main() -> None:
     parser.add_argument("--phases", default="plain,score,score:materialize,score:ghost,per-pair")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--ema", help=argparse.SUPPRESS)
+    parser.add_argument("--measure", choices=["time", "memory"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -108,25 +133,31 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory() as folder:
-        model, tokenizer = load_model(args.model)
-        ema = filled_ema(model, tokenizer, LANGS[: args.languages], args.rank)
         ema_path = Path(folder) / "ema.safetensors"
-        ema.save(ema_path)
-        tracked = sum(m * n for m, n in ema.shapes.values())
-        print(f"model {args.model}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-              f"{len(ema.shapes)} tracked matrices ({tracked:,} weights); "
-              f"{args.languages} languages, rank {args.rank}, batch {args.batch} pairs, "
-              f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-        del model
-        results = {}
+        shared = []
+        for key in ("model", "languages", "rank", "batch", "max_length", "repeats", "threads"):
+            shared += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+        # Every model-holding step runs in a child, so the parent holds no memory.
+        summary = _child(
+            [sys.executable, __file__, "--phase", "build-ema", "--ema", str(ema_path), *shared],
+            dict(os.environ),
+        )
+        print(
+            f"model {args.model}: {summary['parameters']:,} parameters, "
+            f"{summary['tracked']} tracked matrices ({summary['tracked_weights']:,} weights); "
+            f"{args.languages} languages, rank {args.rank}, batch {args.batch} pairs of "
+            f"{summary['tokens']:,} tokens, torch {torch.__version__}, "
+            f"{summary['threads']} threads"
+        )
+        results: dict[str, dict] = {}
         for phase in args.phases.split(","):
-            command = [sys.executable, __file__, "--phase", phase, "--ema", str(ema_path)]
-            for key in ("model", "languages", "rank", "batch", "max_length", "repeats", "threads"):
-                command += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                sys.exit(f"phase {phase} failed:\n{done.stderr}")
-            results[phase] = json.loads(done.stdout.strip().splitlines()[-1])
+            command = [sys.executable, __file__, "--phase", phase, "--ema", str(ema_path), *shared]
+            results[phase] = _child([*command, "--measure", "time"], dict(os.environ))
+            # Memory in a second process: a fixed mmap threshold makes glibc return freed
+            # tensors to the OS at once, so resident memory follows live memory (it also
+            # slows allocation, which is why timing runs without it).
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+            results[phase] |= _child([*command, "--measure", "memory"], env)
 
     base = results.get("plain", {}).get("seconds")
     reference = results.get("per-pair", {}).get("cosines")
@@ -135,9 +166,13 @@ def main() -> None:
         ratio = f"{result['seconds'] / base:.2f}" if base else "-"
         error = "-"
         if reference is not None and "cosines" in result and phase != "per-pair":
-            error = f"{max(abs(a - b) for a, b in zip(result['cosines'], reference)):.1e}"
-        print(f"{phase:<18}{result['seconds']:>10.3f}{ratio:>10}"
-              f"{result['peak_bytes'] / 2**20:>10.0f}{error:>12}")
+            error = (
+                f"{max(abs(a - b) for a, b in zip(result['cosines'], reference, strict=False)):.1e}"
+            )
+        print(
+            f"{phase:<18}{result['seconds']:>10.3f}{ratio:>10}"
+            f"{result['peak_bytes'] / 2**20:>10.0f}{error:>12}"
+        )
 
 
 if __name__ == "__main__":
