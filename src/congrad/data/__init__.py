@@ -1,0 +1,1 @@
+"""Data shipped with congrad: the built-in prompt sets under ``prompts/``."""
