@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from congrad import GradientEMA, PreferencePair, collate_pairs, encode_pair, lp_dpo_loss
 from congrad.losses import sequence_logps
@@ -78,9 +77,3 @@ def filled_ema(tiny, pairs):
     ema = GradientEMA(model, rank=4, iters=3, gamma=0.9)
     fill_ema(model, tokenizer, pairs, ema)
     return ema
-
-
-@pytest.fixture(autouse=True)
-def _deterministic():
-    torch.use_deterministic_algorithms(False)
-    yield

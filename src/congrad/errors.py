@@ -1,0 +1,23 @@
+"""The errors a user can cause and fix: the CLI prints these as one clear line.
+
+In: nothing. Out: :data:`USER_ERRORS`, the exception types whose message already says
+what went wrong and what to do (bad config, bad data file, a stage run out of order).
+Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from congrad.artifacts import ArtifactError
+from congrad.config import ConfigError
+from congrad.loop import StageNotReady
+from congrad.offline_models import OfflineModelError
+from congrad.tables import DataError
+
+USER_ERRORS: tuple[type[Exception], ...] = (
+    ArtifactError,
+    ConfigError,
+    DataError,
+    StageNotReady,
+    OfflineModelError,
+    FileNotFoundError,
+)

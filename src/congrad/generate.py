@@ -1,0 +1,82 @@
+"""Stage 2: sample k responses per prompt from the round's model (self-rewarding).
+
+In: :class:`~congrad.records.PromptRecord` rows, a :class:`~congrad.backends.ModelBackend`
+and :class:`~congrad.config.GenerateConfig`. Out: one
+:class:`~congrad.records.Completion` per prompt and sample, id ``<prompt_id>#<i>``.
+
+Each sample's seed is derived from the run seed, the round, the prompt id and the sample
+index (hashlib), so a record's response does not depend on batching or on which records
+were already done when a run resumed. Completions are handed to ``on_done`` chunk by
+chunk, so the caller can log them and resume an interrupted stage where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+from congrad.backends import ModelBackend, SamplingParams
+from congrad.config import GenerateConfig
+from congrad.lowrank import stable_seed
+from congrad.records import Completion, PromptRecord
+
+
+def completion_id(prompt_id: str, sample_index: int) -> str:
+    return f"{prompt_id}#{sample_index}"
+
+
+def generate_completions(
+    backend: ModelBackend,
+    prompts: Sequence[PromptRecord],
+    config: GenerateConfig,
+    *,
+    seed: int,
+    round_index: int,
+    skip: Collection[str] = (),
+    on_done: Callable[[list[Completion]], None] | None = None,
+    progress: bool = False,
+) -> list[Completion]:
+    """Sample ``config.num_samples`` responses for every prompt not in ``skip``.
+
+    ``skip`` holds completion ids already generated (a resumed run); they are neither
+    generated again nor returned. Returns the new completions in prompt order.
+    """
+    requests = [
+        (prompt, index)
+        for prompt in prompts
+        for index in range(config.num_samples)
+        if completion_id(prompt.prompt_id, index) not in skip
+    ]
+    params = SamplingParams(config.max_new_tokens, config.temperature, config.top_p)
+    chunk = max(config.batch_size, 1)
+    starts: Any = range(0, len(requests), chunk)
+    if progress:
+        from rich.progress import track
+
+        starts = track(starts, description=f"round {round_index}: generating")
+    results: list[Completion] = []
+    for start in starts:
+        batch = requests[start : start + chunk]
+        texts = [backend.chat_prompt(prompt.prompt) for prompt, _ in batch]
+        seeds = [
+            stable_seed("generate", seed, round_index, prompt.prompt_id, index)
+            for prompt, index in batch
+        ]
+        generations = backend.generate(texts, params, seeds)
+        done = [
+            Completion(
+                completion_id=completion_id(prompt.prompt_id, index),
+                prompt_id=prompt.prompt_id,
+                lang=prompt.lang,
+                prompt=prompt.prompt,
+                response=generation.text,
+                sample_index=index,
+                num_tokens=generation.num_tokens,
+                finished=generation.finished,
+            )
+            for (prompt, index), generation in zip(batch, generations, strict=True)
+        ]
+        if on_done is not None:
+            on_done(done)
+        results.extend(done)
+    return results

@@ -1,0 +1,273 @@
+"""The I/O edge of each loop stage: read the round's artifacts, call the pure core, write.
+
+In: a :class:`~congrad.loop.Runner` and a round number. Out: the stage's files in the
+round folder and a dict of facts (counts per language) for its manifest. Each
+``run_<stage>`` is called by :meth:`Runner.run_stage`, which writes the manifest after it
+returns; nothing here decides stage order.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from congrad.artifacts import PartialLog, read_jsonl, write_jsonl
+from congrad.lowrank import stable_seed
+from congrad.records import Completion, Judgment, PreferencePair, PromptRecord
+
+if TYPE_CHECKING:
+    from congrad.loop import Runner
+
+
+def _per_lang(records: list[Any]) -> dict[str, int]:
+    return dict(sorted(Counter(r.lang for r in records).items()))
+
+
+def _partial(runner: Runner, round_index: int, stage: str) -> PartialLog:
+    # The fingerprint in the name keeps a partial log from another config from being reused.
+    print_ = runner.expected_fingerprint(stage, round_index)
+    return PartialLog(runner.folder(round_index) / f"{stage}.{print_}.partial.jsonl")
+
+
+def load_prompts(runner: Runner, round_index: int) -> list[PromptRecord]:
+    return [PromptRecord(**row) for row in read_jsonl(runner.folder(round_index) / "prompts.jsonl")]
+
+
+def load_completions(runner: Runner, round_index: int) -> list[Completion]:
+    rows = read_jsonl(runner.folder(round_index) / "completions.jsonl")
+    return [Completion(**row) for row in rows]
+
+
+def load_judgments(runner: Runner, round_index: int) -> list[Judgment]:
+    rows = read_jsonl(runner.folder(round_index) / "judgments.jsonl")
+    return [
+        Judgment(
+            **{
+                **row,
+                "repeat_scores": tuple(row["repeat_scores"]),
+                "outputs": tuple(row["outputs"]),
+            }
+        )
+        for row in rows
+    ]
+
+
+def load_pairs(runner: Runner, round_index: int) -> list[PreferencePair]:
+    return [PreferencePair(**row) for row in read_jsonl(runner.folder(round_index) / "pairs.jsonl")]
+
+
+def _backend(runner: Runner, round_index: int, batch_size: int) -> Any:
+    from congrad.backends import HFBackend, VLLMBackend
+
+    model, tokenizer = runner.model_for(round_index)
+    if runner.config.generate.backend == "vllm":
+        # vLLM loads the weights itself, from the folder of the round's starting model.
+        from congrad.offline_models import resolve_model_path
+
+        if round_index == 1:
+            path = resolve_model_path(runner.config.model.name_or_path)
+        else:
+            path = str(runner.folder(round_index - 1) / "model")
+        return VLLMBackend(path, tokenizer)
+    return HFBackend(model, tokenizer, batch_size=batch_size)
+
+
+def run_prompts(runner: Runner, round_index: int) -> dict[str, Any]:
+    from congrad.prompts import load_builtin_prompts, load_prompt_files, partition_rounds
+
+    config = runner.config
+    languages = config.prompts.languages
+    if config.prompts.files:
+        prompts = load_prompt_files(config.prompts.files, languages)
+    else:
+        prompts = load_builtin_prompts("train", languages)
+    rounds = partition_rounds(prompts, config.rounds, config.prompts.per_round, config.seed)
+    chosen = rounds[round_index]
+    write_jsonl(runner.folder(round_index) / "prompts.jsonl", (p.to_dict() for p in chosen))
+    return {"counts": _per_lang(chosen)}
+
+
+def run_generate(runner: Runner, round_index: int) -> dict[str, Any]:
+    from congrad.generate import generate_completions
+
+    config = runner.config
+    prompts = load_prompts(runner, round_index)
+    log = _partial(runner, round_index, "generate")
+    done = {row["completion_id"] for row in log.done}
+    backend = _backend(runner, round_index, config.generate.batch_size)
+    generate_completions(
+        backend,
+        prompts,
+        config.generate,
+        seed=config.seed,
+        round_index=round_index,
+        skip=done,
+        on_done=lambda batch: log.append(c.to_dict() for c in batch),
+        progress=runner.progress,
+    )
+    completions = sorted(
+        (Completion(**row) for row in log.done),
+        key=lambda c: (c.lang, c.prompt_id, c.sample_index),
+    )
+    write_jsonl(
+        runner.folder(round_index) / "completions.jsonl", (c.to_dict() for c in completions)
+    )
+    log.remove()
+    unfinished = Counter(c.lang for c in completions if not c.finished)
+    return {"counts": _per_lang(completions), "cut_at_max_tokens": dict(sorted(unfinished.items()))}
+
+
+def run_judge(runner: Runner, round_index: int) -> dict[str, Any]:
+    from congrad.judge import judge_completions
+
+    config = runner.config
+    completions = load_completions(runner, round_index)
+    log = _partial(runner, round_index, "judge")
+    done = {row["completion_id"] for row in log.done}
+    todo = [c for c in completions if c.completion_id not in done]
+    backend = _backend(runner, round_index, config.judge.batch_size)
+    chunk = 4 * config.judge.batch_size  # logged chunk by chunk, so a crash loses little
+    for start in range(0, len(todo), chunk):
+        judged = judge_completions(
+            backend,
+            todo[start : start + chunk],
+            config=config.judge,
+            seed=stable_seed("judge", config.seed, round_index),
+            progress=False,
+        )
+        log.append(j.to_dict() for j in judged)
+        runner.log(
+            f"round {round_index}: judged {len(done) + start + len(judged)}/{len(completions)}"
+        )
+    order = {c.completion_id: i for i, c in enumerate(completions)}
+    rows = sorted(log.done, key=lambda row: order[row["completion_id"]])
+    write_jsonl(runner.folder(round_index) / "judgments.jsonl", rows)
+    log.remove()
+    unparsed = Counter(row["lang"] for row in rows if row["score"] is None)
+    return {"counts": _per_lang(completions), "unparsed": dict(sorted(unparsed.items()))}
+
+
+def run_pairs(runner: Runner, round_index: int) -> dict[str, Any]:
+    from congrad.pairs import build_pairs
+
+    pairs, dropped = build_pairs(
+        load_completions(runner, round_index), load_judgments(runner, round_index)
+    )
+    folder = runner.folder(round_index)
+    write_jsonl(folder / "pairs.jsonl", (p.to_dict() for p in pairs))
+    write_jsonl(folder / "dropped.jsonl", (d.to_dict() for d in dropped))
+    reasons: dict[str, dict[str, int]] = {}
+    for d in dropped:
+        reasons.setdefault(d.reason, {}).setdefault(d.lang, 0)
+        reasons[d.reason][d.lang] += 1
+    return {"counts": _per_lang(pairs), "dropped": reasons}
+
+
+def run_filter(runner: Runner, round_index: int) -> dict[str, Any]:
+    from congrad.config import Strategy
+    from congrad.selection import select_pairs, strategy_scores
+
+    config = runner.config
+    pairs = load_pairs(runner, round_index)
+    folder = runner.folder(round_index)
+    strategy = config.filter.strategy if round_index > 1 else Strategy.FULL
+    cosines = None
+    (folder / "scores.jsonl").unlink(missing_ok=True)
+    if strategy.needs_gradients and pairs:
+        cosines = _score_with_previous_ema(runner, round_index, pairs)
+    lengths = None
+    if strategy in (Strategy.MAX_LEN, Strategy.MIN_LEN):
+        lengths = _token_lengths(runner, round_index, pairs)
+    scores = strategy_scores(
+        pairs, strategy, seed=config.seed, congrad_cosines=cosines, lengths=lengths
+    )
+    selection = select_pairs(pairs, scores, strategy, config.filter.keep_fraction)
+    write_jsonl(folder / "selection.jsonl", (s.to_dict() for s in selection))
+    kept = Counter(s.lang for s in selection if s.kept)
+    return {
+        "strategy": str(strategy),
+        "kept": dict(sorted(kept.items())),
+        "counts": _per_lang(pairs),
+    }
+
+
+def _token_lengths(
+    runner: Runner, round_index: int, pairs: list[PreferencePair]
+) -> dict[str, tuple[int, int]]:
+    from congrad.encoding import encode_pair
+
+    _, tokenizer = runner.model_for(round_index)
+    lengths = {}
+    for pair in pairs:
+        encoded = encode_pair(tokenizer, pair, runner.config.train.max_length)
+        lengths[pair.pair_id] = (encoded.chosen_length, encoded.rejected_length)
+    return lengths
+
+
+def _score_with_previous_ema(
+    runner: Runner, round_index: int, pairs: list[PreferencePair]
+) -> dict[str, float]:
+    from congrad.gradient_ema import GradientEMA
+    from congrad.pcgrad import seeded_orders
+    from congrad.scoring import score_pairs
+
+    config = runner.config
+    model, tokenizer = runner.model_for(round_index)
+    ema = GradientEMA.load(runner.folder(round_index - 1) / "ema.safetensors", model)
+    scores = score_pairs(
+        model,
+        tokenizer,
+        pairs,
+        ema,
+        beta=config.train.beta,
+        alpha=config.train.alpha,
+        batch_size=config.filter.batch_size,
+        max_length=config.train.max_length,
+        orders=seeded_orders(ema.languages, config.seed),
+        progress=runner.progress,
+    )
+    write_jsonl(runner.folder(round_index) / "scores.jsonl", (s.to_dict() for s in scores))
+    return {s.pair_id: s.cosine for s in scores}
+
+
+def run_train(runner: Runner, round_index: int) -> dict[str, Any]:
+    from congrad.train import save_round_model, train_round
+
+    config = runner.config
+    folder = runner.folder(round_index)
+    kept_ids = {row["pair_id"] for row in read_jsonl(folder / "selection.jsonl") if row["kept"]}
+    pairs = [p for p in load_pairs(runner, round_index) if p.pair_id in kept_ids]
+    if not pairs:
+        raise ValueError(
+            f"round {round_index}: no preference pairs to train on (every language lost all "
+            "its prompts to ties or unparsed judgments); see dropped.jsonl and judgments.jsonl"
+        )
+    ref_logps = None
+    if (folder / "scores.jsonl").exists():
+        ref_logps = {
+            row["pair_id"]: (row["ref_chosen_logps"], row["ref_rejected_logps"])
+            for row in read_jsonl(folder / "scores.jsonl")
+        }
+    model, tokenizer = runner.model_for(round_index)
+    runner._model_round = None  # the weights change in place: not M_{t-1} any more
+    result, ema = train_round(
+        model,
+        tokenizer,
+        pairs,
+        train=config.train,
+        ema=config.ema,
+        seed=stable_seed("train", config.seed, round_index),
+        ref_logps=ref_logps,
+        progress=runner.progress,
+    )
+    save_round_model(model, tokenizer, folder / "model")
+    ema.save(folder / "ema.safetensors")
+    write_jsonl(folder / "train_log.jsonl", (asdict(step) for step in result.log))
+    runner._model_round = round_index
+    return {
+        "counts": _per_lang(pairs),
+        "steps": result.steps,
+        "mean_loss": result.mean_loss,
+        "loss_by_lang": result.lang_mean_loss,
+    }

@@ -1,0 +1,162 @@
+"""CONGRAD as a data-selection tool for any multilingual preference dataset.
+
+In: preference files (``prompt, chosen, rejected, lang`` and optional ``id``,
+``chosen_score``, ``rejected_score``), a model and a :class:`~congrad.config.RunConfig`
+(``filter.*``, ``ema.*``, ``train.beta/alpha/max_length/batch_size``). Out, in the output
+folder: ``ema.safetensors`` (the per-language EMA), ``scores.jsonl`` (every pair's
+cosine and reference log-probs, when the strategy scores gradients),
+``selection.jsonl`` (score, rank, kept) and ``filter.manifest.json`` written last.
+
+With no EMA from a training run, the EMA is built by a gradient pass over the dataset
+itself: single-language minibatches of the LP-DPO loss at the model's weights (policy =
+reference), each folded into its language's EMA, with no optimizer step. Then pairs are
+scored against the PCGrad consensus exactly as in the loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from congrad.artifacts import write_jsonl, write_manifest
+from congrad.config import RunConfig, Strategy
+from congrad.encoding import collate_pairs, encode_pair, pad_token_id_of
+from congrad.gradient_ema import GradientEMA
+from congrad.losses import lp_dpo_loss, sequence_logps
+from congrad.lowrank import stable_seed
+from congrad.records import PreferencePair
+
+
+def build_ema_from_pairs(
+    model: Any, tokenizer: Any, pairs: Sequence[PreferencePair], config: RunConfig
+) -> GradientEMA:
+    """Per-language EMAs from single-language minibatch gradients, no weight updates.
+
+    Minibatches of ``train.batch_size`` pairs of one language each, in a seeded order
+    (:func:`congrad.train.language_schedule`), as the training round would see them.
+    """
+    from congrad.train import language_schedule
+
+    ema = GradientEMA(
+        model,
+        rank=config.ema.rank,
+        iters=config.ema.iters,
+        gamma=config.ema.gamma,
+        include=config.ema.include,
+        seed=config.seed,
+    )
+    pad_id = pad_token_id_of(tokenizer)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        for indices in language_schedule(
+            list(pairs), config.train.batch_size, stable_seed("filter", config.seed)
+        ):
+            chunk = [pairs[i] for i in indices]
+            batch = collate_pairs(
+                [encode_pair(tokenizer, p, config.train.max_length) for p in chunk], pad_id
+            )
+            model.zero_grad(set_to_none=True)
+            logits = model(
+                input_ids=batch.input_ids.to(device),
+                attention_mask=batch.attention_mask.to(device),
+                use_cache=False,
+            ).logits
+            logps = sequence_logps(
+                logits, batch.input_ids.to(device), batch.response_mask.to(device)
+            )
+            n = batch.num_pairs
+            loss = lp_dpo_loss(
+                logps[:n],
+                logps[n:],
+                logps[:n].detach(),
+                logps[n:].detach(),
+                batch.chosen_lengths.to(device),
+                batch.rejected_lengths.to(device),
+                beta=config.train.beta,
+                alpha=config.train.alpha,
+            ).mean()
+            loss.backward()
+            ema.update(chunk[0].lang)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return ema
+
+
+def filter_dataset(
+    config: RunConfig,
+    datasets: Sequence[str],
+    output: str | Path,
+    *,
+    model: str | None = None,
+    ema_path: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Score and select the pairs of ``datasets``; returns the output folder."""
+    from congrad.modeling import load_model
+    from congrad.pairs_io import load_pair_files
+    from congrad.pcgrad import seeded_orders
+    from congrad.scoring import score_pairs
+    from congrad.selection import select_pairs, strategy_scores
+
+    start = time.perf_counter()
+    folder = Path(output)
+    pairs = load_pair_files(datasets)
+    model_config = (
+        config.model if model is None else config.model.model_copy(update={"name_or_path": model})
+    )
+    lm, tokenizer = load_model(model_config, seed=config.seed)
+    strategy = config.filter.strategy
+    cosines = None
+    if strategy.needs_gradients:
+        if ema_path is not None:
+            ema = GradientEMA.load(ema_path, lm)
+        else:
+            ema = build_ema_from_pairs(lm, tokenizer, pairs, config)
+        ema.save(folder / "ema.safetensors")
+        scores = score_pairs(
+            lm,
+            tokenizer,
+            pairs,
+            ema,
+            beta=config.train.beta,
+            alpha=config.train.alpha,
+            batch_size=config.filter.batch_size,
+            max_length=config.train.max_length,
+            orders=seeded_orders(ema.languages, config.seed),
+            progress=progress,
+        )
+        write_jsonl(folder / "scores.jsonl", (s.to_dict() for s in scores))
+        cosines = {s.pair_id: s.cosine for s in scores}
+    lengths = None
+    if strategy in (Strategy.MAX_LEN, Strategy.MIN_LEN):
+        lengths = {}
+        for pair in pairs:
+            encoded = encode_pair(tokenizer, pair, config.train.max_length)
+            lengths[pair.pair_id] = (encoded.chosen_length, encoded.rejected_length)
+    values = strategy_scores(
+        pairs, strategy, seed=config.seed, congrad_cosines=cosines, lengths=lengths
+    )
+    selection = select_pairs(pairs, values, strategy, config.filter.keep_fraction)
+    write_jsonl(folder / "selection.jsonl", (s.to_dict() for s in selection))
+    kept: dict[str, int] = {}
+    for row in selection:
+        kept[row.lang] = kept.get(row.lang, 0) + int(row.kept)
+    write_manifest(
+        folder,
+        "filter",
+        {
+            "datasets": list(datasets),
+            "model": model_config.name_or_path,
+            "strategy": str(strategy),
+            "keep_fraction": config.filter.keep_fraction,
+            "pairs": len(pairs),
+            "kept": dict(sorted(kept.items())),
+            "seconds": round(time.perf_counter() - start, 3),
+        },
+    )
+    return folder

@@ -1,0 +1,300 @@
+"""One epoch of length-penalised DPO on HF accelerate, the CONGRAD way (DESIGN.md 2-4).
+
+In: a model and tokenizer at the round-start weights ``M_{t-1}``, the round's kept pairs,
+``TrainConfig`` / ``EMAConfig``, a seed, and optionally the reference log-probs the scoring
+pass measured at these weights. Out: the model trained in place (left in eval mode), a
+:class:`TrainResult`, and a fresh :class:`~congrad.gradient_ema.GradientEMA` of this round's
+minibatches, with which the caller filters the next round.
+
+Paper part: Algorithm 2's training step (reconstructed, DESIGN.md section 2): one epoch of
+LP-DPO (eq. 3) against ``M_{t-1}``, one language per minibatch, each minibatch's gradient
+folded into its language's EMA (section 4) after its backward, before the optimizer step.
+Our choices: the reference is numbers (``ref_logps`` or :func:`reference_logps`), never a
+second model; AdamW, no weight decay on 1-D tensors, warm-up then linear decay. Each
+minibatch is backpropagated into an EMPTY ``.grad`` (its accumulation window's running sum
+held aside), so the EMA reads exactly its gradient of its mean loss, whatever the
+accumulation or fp16 loss scale (divided out exactly, a power of two; an overflowed one is
+kept out); then it is divided by the window's minibatch count and added to the sum, which
+returns to ``.grad`` for clipping and the step (one extra gradient buffer when accumulating).
+
+``accelerate launch`` with several processes needs care later: a schedule sharded so a
+step's minibatches share a language on all ranks; ``no_sync`` in windows and a per-language
+all-reduce before the EMA reads ``.grad``; unsharded tracked gradients (FSDP); DeepSpeed
+owning backward, clipping and step; saving from the main process only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from rich.progress import track
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from congrad.config import EMAConfig, TrainConfig
+from congrad.encoding import PairBatch, collate_pairs, encode_pair, pad_token_id_of
+from congrad.gradient_ema import GradientEMA
+from congrad.losses import lp_dpo_loss, sequence_logps
+from congrad.lowrank import stable_seed
+from congrad.records import PreferencePair
+
+
+@dataclass(frozen=True)
+class StepLog:
+    """One minibatch, in schedule order; ``grad_norm`` (before clipping) and ``lr`` are those
+    of optimizer step ``step`` (1-based) that it feeds. Rewards: ``beta * (policy - ref)``
+    log-ratios, means over the minibatch; ``accuracy``: share with chosen > rejected reward."""
+
+    step: int
+    lang: str
+    pairs: int
+    loss: float
+    grad_norm: float
+    lr: float
+    chosen_reward_mean: float
+    rejected_reward_mean: float
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """``steps`` optimizer steps; the mean losses are over pairs, overall and per language."""
+
+    steps: int
+    log: tuple[StepLog, ...]
+    mean_loss: float
+    seconds: float
+    lang_mean_loss: dict[str, float]
+
+
+def language_schedule(
+    pairs: Sequence[PreferencePair], batch_size: int, seed: int
+) -> list[list[int]]:
+    """Minibatches of pair indices, each of ONE language, covering every pair exactly once.
+
+    Each language's pairs are shuffled and chunked (a language's last minibatch may be
+    smaller); the chunks are interleaved in a seeded order that keeps each language's chunk
+    order. Deterministic: SHA-256 of the seed and pair ids / languages, no global RNG.
+
+    >>> pairs = [PreferencePair(f"p{i}", "en" if i < 3 else "de", "q", "a", "b") for i in range(5)]
+    >>> schedule = language_schedule(pairs, batch_size=2, seed=0)
+    >>> sorted(len(batch) for batch in schedule), sorted(i for b in schedule for i in b)
+    ([1, 2, 2], [0, 1, 2, 3, 4])
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    chunks: dict[str, list[list[int]]] = {}
+    slots: list[tuple[int, str]] = []  # a seeded order of (language) slots
+    for lang in dict.fromkeys(pair.lang for pair in pairs):
+        indices = [i for i, pair in enumerate(pairs) if pair.lang == lang]
+        indices.sort(key=lambda i: (stable_seed(seed, "shuffle", pairs[i].pair_id), i))
+        chunks[lang] = [indices[s : s + batch_size] for s in range(0, len(indices), batch_size)]
+        slots += [(stable_seed(seed, "slot", lang, k), lang) for k in range(len(chunks[lang]))]
+    return [chunks[lang].pop(0) for _, lang in sorted(slots)]  # each slot: its next chunk
+
+
+def _batch_logps(model: nn.Module, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs ``(B,)`` of the chosen rows and of the rejected rows."""
+    device = next(model.parameters()).device
+    input_ids = batch.input_ids.to(device)
+    mask = batch.attention_mask.to(device)
+    logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+    logps = sequence_logps(logits, input_ids, batch.response_mask.to(device))
+    return logps[: batch.num_pairs], logps[batch.num_pairs :]
+
+
+@torch.no_grad()
+def reference_logps(
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[PreferencePair],
+    *,
+    batch_size: int,
+    max_length: int,
+) -> dict[str, tuple[float, float]]:
+    """``pair_id -> (chosen, rejected)`` summed response log-probs at the current weights:
+    one no-grad forward per ``batch_size`` pairs (grouped by length), in eval mode."""
+    encoded = [encode_pair(tokenizer, pair, max_length) for pair in pairs]
+    order = sorted(range(len(pairs)), key=lambda i: len(encoded[i].chosen_input_ids))
+    values: dict[str, tuple[float, float]] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            indices = order[start : start + batch_size]
+            batch = collate_pairs([encoded[i] for i in indices], pad_token_id_of(tokenizer))
+            chosen, rejected = _batch_logps(model, batch)
+            for row, index in enumerate(indices):
+                values[pairs[index].pair_id] = (float(chosen[row]), float(rejected[row]))
+    finally:
+        model.train(was_training)
+    return {pair.pair_id: values[pair.pair_id] for pair in pairs}
+
+
+def _unscale(parameters: list[nn.Parameter], loss_scale: float) -> bool:
+    """Divide ``.grad`` by the fp16 loss scale (1 without fp16); whether all is finite."""
+    grads = [p.grad for p in parameters if p.grad is not None and loss_scale != 1.0]
+    for grad in grads:
+        grad.div_(loss_scale)
+    return not grads or bool(torch.stack([grad.isfinite().all() for grad in grads]).all())
+
+
+def _accumulate(parameters: list[nn.Parameter], running: list[Any], window: int) -> None:
+    """Move ``.grad / window`` into the window's running sum; every ``.grad`` ends None."""
+    for index, parameter in enumerate(parameters):
+        if parameter.grad is not None:
+            grad = parameter.grad.div_(window)  # window 1: exact no-op, no copy
+            running[index] = grad if running[index] is None else running[index].add_(grad)
+            parameter.grad = None
+
+
+def _minibatch_losses(
+    model: nn.Module, batch: PairBatch, refs: torch.Tensor, train: TrainConfig
+) -> tuple[torch.Tensor, tuple[float, float, float]]:
+    """Per-pair LP-DPO losses ``(B,)`` given ``refs`` ``(B, 2)`` (chosen, rejected), and the
+    mean chosen reward, mean rejected reward and accuracy."""
+    chosen, rejected = _batch_logps(model, batch)
+    ref_chosen, ref_rejected = refs.to(chosen).unbind(1)
+    lengths = (batch.chosen_lengths.to(chosen.device), batch.rejected_lengths.to(chosen.device))
+    losses = lp_dpo_loss(
+        chosen, rejected, ref_chosen, ref_rejected, *lengths, beta=train.beta, alpha=train.alpha
+    )
+    chosen_rewards = train.beta * (chosen.detach() - ref_chosen)
+    rejected_rewards = train.beta * (rejected.detach() - ref_rejected)
+    accuracy = (chosen_rewards > rejected_rewards).float().mean()
+    return losses, (float(chosen_rewards.mean()), float(rejected_rewards.mean()), float(accuracy))
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    """LR factor: ``(s+1)/(W+1)`` for ``s < W`` warm-up steps, then ``(S-s)/(S-W)``."""
+    return (step + 1) / (warmup + 1) if step < warmup else (total - step) / max(total - warmup, 1)
+
+
+def train_round(
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[PreferencePair],
+    *,
+    train: TrainConfig,
+    ema: EMAConfig,
+    seed: int,
+    ref_logps: dict[str, tuple[float, float]] | None = None,
+    progress: bool = False,
+) -> tuple[TrainResult, GradientEMA]:
+    """Train ``model`` in place for one epoch over ``pairs`` (see the module docstring).
+
+    ``ref_logps``: ``pair_id -> (chosen, rejected)`` summed response log-probs at these same
+    weights (from :func:`congrad.scoring.score_pairs`); ``None`` computes them here. Per
+    minibatch of ``B`` pairs: one forward of ``(2B, T)`` rows, loss = the mean of the ``B``
+    per-pair LP-DPO losses, one backward, one EMA update. ``seed`` seeds schedule and EMA.
+    """
+    if not pairs:
+        raise ValueError("train_round needs at least one preference pair, got none")
+    if len({pair.pair_id for pair in pairs}) < len(pairs):
+        raise ValueError("pair ids must be unique: reference log-probs are keyed by them")
+    missing = [p.pair_id for p in pairs if ref_logps is not None and p.pair_id not in ref_logps]
+    if missing:
+        raise ValueError(f"ref_logps has no reference log-probs for pair {missing[0]!r}")
+    started = time.perf_counter()
+    accelerator = Accelerator(mixed_precision=train.mixed_precision)
+    schedule = language_schedule(pairs, train.batch_size, seed)
+    accumulation = train.gradient_accumulation_steps
+    total_steps = math.ceil(len(schedule) / accumulation)
+    warmup = math.ceil(train.warmup_ratio * total_steps)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    groups = [  # no weight decay on norms and biases
+        {"params": [p for p in parameters if p.ndim >= 2], "weight_decay": train.weight_decay},
+        {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=train.learning_rate)
+    scheduler = LambdaLR(optimizer, lambda step: _lr_factor(step, total_steps, warmup))
+    prepared, optimizer = accelerator.prepare(model, optimizer)
+    rows: list[StepLog] = []
+    pair_losses: dict[str, list[float]] = {}
+    try:
+        if ref_logps is None:
+            ref_logps = reference_logps(
+                prepared, tokenizer, pairs, batch_size=train.batch_size, max_length=train.max_length
+            )
+        gradient_ema = GradientEMA(
+            model, rank=ema.rank, iters=ema.iters, gamma=ema.gamma, include=ema.include, seed=seed
+        )
+        encoded = [encode_pair(tokenizer, pair, train.max_length) for pair in pairs]
+        model.zero_grad(set_to_none=True)
+        model.train()
+        quiet = not (progress and accelerator.is_local_main_process)
+        for first in track(range(0, len(schedule), accumulation), "training", disable=quiet):
+            window, step = schedule[first : first + accumulation], first // accumulation + 1
+            running: list[torch.Tensor | None] = [None] * len(parameters)
+            lr = float(optimizer.param_groups[0]["lr"])
+            for indices in window:
+                lang = pairs[indices[0]].lang
+                batch = collate_pairs([encoded[i] for i in indices], pad_token_id_of(tokenizer))
+                refs = torch.tensor([ref_logps[pairs[i].pair_id] for i in indices])
+                losses, summary = _minibatch_losses(prepared, batch, refs, train)
+                loss = losses.mean()
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss in step {step} ({lang})")
+                accelerator.backward(loss)
+                scale = float(accelerator.scaler.get_scale()) if accelerator.scaler else 1.0
+                if _unscale(parameters, scale):  # an fp16 overflow stays out of the EMA
+                    gradient_ema.update(lang)  # .grad: exactly this minibatch's gradient
+                _accumulate(parameters, running, len(window))
+                pair_losses.setdefault(lang, []).extend(losses.detach().float().cpu().tolist())
+                rows.append(StepLog(step, lang, len(indices), loss.item(), 0.0, lr, *summary))
+            for parameter, grad in zip(parameters, running, strict=True):
+                parameter.grad = grad if grad is None or scale == 1.0 else grad.mul_(scale)
+            grad_norm = float(accelerator.clip_grad_norm_(parameters, train.max_grad_norm))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            rows[-len(window) :] = [replace(r, grad_norm=grad_norm) for r in rows[-len(window) :]]
+    finally:
+        model.zero_grad(set_to_none=True)
+        accelerator.unwrap_model(prepared, keep_fp32_wrapper=False)  # drops autocast wrappers
+        model.eval()
+        accelerator.free_memory()
+    seconds = time.perf_counter() - started
+    every_loss = [value for values in pair_losses.values() for value in values]
+    mean_loss = math.fsum(every_loss) / len(every_loss)
+    lang_mean_loss = {lang: math.fsum(v) / len(v) for lang, v in sorted(pair_losses.items())}
+    return TrainResult(total_steps, tuple(rows), mean_loss, seconds, lang_mean_loss), gradient_ema
+
+
+def save_round_model(model: Any, tokenizer: Any, folder: str | os.PathLike[str]) -> None:
+    """Save weights (safetensors) and tokenizer to ``folder`` via a fsynced hidden sibling
+    renamed into place (an old ``folder`` is renamed aside, then removed): ``folder`` never
+    holds a half-written model, only the old complete one, briefly nothing, or the new one."""
+    target = Path(folder)
+    staging = target.with_name(f".{target.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    retired = staging.with_suffix(".old")
+    staging.mkdir(parents=True)
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        for path in [*staging.rglob("*"), staging]:
+            _fsync(path)
+        if target.exists():
+            os.replace(target, retired)
+        os.replace(staging, target)
+        _fsync(target.parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
