@@ -30,8 +30,11 @@ def test_include_patterns_and_empty_selection(tiny):
         tracked_linears(model, ["*nothing*"])
 
 
-def test_gram_equals_flattened_dense_products(tiny, filled_ema):
-    ema = filled_ema
+@pytest.mark.parametrize("rank", [4, 128])  # factored GEMMs, then decompressed (cheaper)
+def test_gram_equals_flattened_dense_products(tiny, pairs, rank):
+    model, tokenizer = tiny
+    ema = GradientEMA(model, rank=rank)
+    fill_ema(model, tokenizer, pairs, ema)
     assert ema.languages == ["de", "en", "zh"]
     assert ema.counts() == {"de": 2, "en": 2, "zh": 2}
     flat = torch.stack(

@@ -102,7 +102,12 @@ def _filter(args: argparse.Namespace) -> int:
             print("congrad: filter --dataset needs --output DIR", file=sys.stderr)
             return 2
         filter_dataset(
-            _load(args), args.dataset, args.output, model=args.model, progress=not args.quiet
+            _load(args),
+            args.dataset,
+            args.output,
+            model=args.model,
+            ema_path=args.ema,
+            progress=not args.quiet,
         )
         print(f"selection written to {args.output}")
         return 0
@@ -157,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
             )
             command.add_argument("--output", help="standalone: folder for the selection")
             command.add_argument("--model", help="standalone: model path (else model.*)")
+            command.add_argument(
+                "--ema", help="standalone: a saved GradientEMA (default: built from the dataset)"
+            )
             command.set_defaults(handler=_filter)
 
     show = commands.add_parser("show-config", help="print the resolved, validated config")

@@ -28,6 +28,7 @@ from congrad.atomic import write_atomic
 from congrad.lowrank import LowRankEMA, stable_seed
 
 FORMAT = "congrad.gradient_ema/1"
+_DENSE_GRAM_BYTES = 256 * 2**20  # memory allowed for decompressed EMAs in gram()
 _BLOCK_INDEX = re.compile(r"(^|\.)\d+(\.|$)")
 
 
@@ -135,16 +136,28 @@ class GradientEMA:
         self._emas[lang] = emas
 
     def gram(self) -> torch.Tensor:
-        """``(L, L)`` float64 Gram matrix of the bias-corrected language EMAs."""
+        """``(L, L)`` float64 Gram matrix of the bias-corrected language EMAs.
+
+        Per tracked matrix, whichever is cheaper: all ``L^2`` factored inner products as
+        two GEMMs (``L^2 r^2 (m + n)``), or decompressing the ``L`` EMAs and multiplying
+        them flat (``L m n r + L^2 m n``, when that fits in ``_DENSE_GRAM_BYTES``).
+        """
         langs = self.languages
-        gram = torch.zeros(len(langs), len(langs), dtype=torch.float64)
-        for a, lang_a in enumerate(langs):
-            for b in range(a, len(langs)):
-                total = sum(
-                    float(ema.inner(self._emas[langs[b]][name]))
-                    for name, ema in self._emas[lang_a].items()
-                )
-                gram[a, b] = gram[b, a] = total
+        count = len(langs)
+        gram = torch.zeros(count, count, dtype=torch.float64)
+        for name, (rows, cols) in self.shapes.items():
+            factors = [self._emas[lang][name].corrected_factors() for lang in langs]
+            rank = factors[0][0].shape[1]
+            factored = count * count * rank * rank * (rows + cols)
+            dense = count * rows * cols * rank + count * count * rows * cols
+            if dense < factored and 8 * count * rows * cols <= _DENSE_GRAM_BYTES:
+                flat = torch.stack([(p @ q.T).flatten() for p, q in factors]).double()
+                gram += (flat @ flat.T).cpu()
+            else:
+                lefts = torch.cat([p for p, _ in factors], dim=1)  # (m, L r)
+                rights = torch.cat([q for _, q in factors], dim=1)  # (n, L r)
+                blocks = (lefts.T @ lefts) * (rights.T @ rights)  # (L r, L r)
+                gram += blocks.reshape(count, rank, count, rank).sum(dim=(1, 3)).double().cpu()
         return gram
 
     @property

@@ -23,15 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from congrad.artifacts import (
-    PartialLog,
-    fingerprint,
-    read_jsonl,
-    read_manifest,
-    round_dir,
-    write_jsonl,
-    write_manifest,
-)
+from congrad.artifacts import fingerprint, read_manifest, round_dir, write_manifest
 from congrad.atomic import write_text_atomic
 from congrad.config import ConfigError, RunConfig, config_changes, config_to_yaml, load_config
 
@@ -186,6 +178,10 @@ class Runner:
             self._model_round = wanted
         return self._model, self._tokenizer
 
+    def set_model_round(self, round_index: int | None) -> None:
+        """Record whose output the in-memory weights are (None: mid-training, unusable)."""
+        self._model_round = round_index
+
     # -- running -----------------------------------------------------------------------
 
     def run_stage(self, stage: str, round_index: int) -> bool:
@@ -213,17 +209,3 @@ class Runner:
         summary = build_summary(self.config)
         write_text_atomic(Path(self.config.output_dir) / "summary.json", summary.to_json())
         return summary.to_dict()
-
-
-def partial_log(runner: Runner, round_index: int, name: str) -> PartialLog:
-    return PartialLog(runner.folder(round_index) / f"{name}.partial.jsonl")
-
-
-def read_stage_rows(runner: Runner, round_index: int, name: str) -> list[dict[str, Any]]:
-    return read_jsonl(runner.folder(round_index) / name)
-
-
-def write_stage_rows(
-    runner: Runner, round_index: int, name: str, rows: list[dict[str, Any]]
-) -> int:
-    return write_jsonl(runner.folder(round_index) / name, rows)

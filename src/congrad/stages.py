@@ -166,69 +166,32 @@ def run_pairs(runner: Runner, round_index: int) -> dict[str, Any]:
 
 def run_filter(runner: Runner, round_index: int) -> dict[str, Any]:
     from congrad.config import Strategy
-    from congrad.selection import select_pairs, strategy_scores
+    from congrad.filtering import filter_pairs
+    from congrad.gradient_ema import GradientEMA
 
     config = runner.config
     pairs = load_pairs(runner, round_index)
     folder = runner.folder(round_index)
     strategy = config.filter.strategy if round_index > 1 else Strategy.FULL
-    cosines = None
-    (folder / "scores.jsonl").unlink(missing_ok=True)
-    if strategy.needs_gradients and pairs:
-        cosines = _score_with_previous_ema(runner, round_index, pairs)
-    lengths = None
-    if strategy in (Strategy.MAX_LEN, Strategy.MIN_LEN):
-        lengths = _token_lengths(runner, round_index, pairs)
-    scores = strategy_scores(
-        pairs, strategy, seed=config.seed, congrad_cosines=cosines, lengths=lengths
+    previous_ema = runner.folder(round_index - 1) / "ema.safetensors"
+    result = filter_pairs(
+        pairs,
+        config,
+        strategy,
+        load_model=lambda: runner.model_for(round_index),
+        load_ema=lambda model, _: GradientEMA.load(previous_ema, model),
+        progress=runner.progress,
     )
-    selection = select_pairs(pairs, scores, strategy, config.filter.keep_fraction)
-    write_jsonl(folder / "selection.jsonl", (s.to_dict() for s in selection))
-    kept = Counter(s.lang for s in selection if s.kept)
+    (folder / "scores.jsonl").unlink(missing_ok=True)
+    if result.scores is not None:
+        write_jsonl(folder / "scores.jsonl", (s.to_dict() for s in result.scores))
+    write_jsonl(folder / "selection.jsonl", (s.to_dict() for s in result.selection))
+    kept = Counter(s.lang for s in result.selection if s.kept)
     return {
         "strategy": str(strategy),
         "kept": dict(sorted(kept.items())),
         "counts": _per_lang(pairs),
     }
-
-
-def _token_lengths(
-    runner: Runner, round_index: int, pairs: list[PreferencePair]
-) -> dict[str, tuple[int, int]]:
-    from congrad.encoding import encode_pair
-
-    _, tokenizer = runner.model_for(round_index)
-    lengths = {}
-    for pair in pairs:
-        encoded = encode_pair(tokenizer, pair, runner.config.train.max_length)
-        lengths[pair.pair_id] = (encoded.chosen_length, encoded.rejected_length)
-    return lengths
-
-
-def _score_with_previous_ema(
-    runner: Runner, round_index: int, pairs: list[PreferencePair]
-) -> dict[str, float]:
-    from congrad.gradient_ema import GradientEMA
-    from congrad.pcgrad import seeded_orders
-    from congrad.scoring import score_pairs
-
-    config = runner.config
-    model, tokenizer = runner.model_for(round_index)
-    ema = GradientEMA.load(runner.folder(round_index - 1) / "ema.safetensors", model)
-    scores = score_pairs(
-        model,
-        tokenizer,
-        pairs,
-        ema,
-        beta=config.train.beta,
-        alpha=config.train.alpha,
-        batch_size=config.filter.batch_size,
-        max_length=config.train.max_length,
-        orders=seeded_orders(ema.languages, config.seed),
-        progress=runner.progress,
-    )
-    write_jsonl(runner.folder(round_index) / "scores.jsonl", (s.to_dict() for s in scores))
-    return {s.pair_id: s.cosine for s in scores}
 
 
 def run_train(runner: Runner, round_index: int) -> dict[str, Any]:
@@ -250,7 +213,7 @@ def run_train(runner: Runner, round_index: int) -> dict[str, Any]:
             for row in read_jsonl(folder / "scores.jsonl")
         }
     model, tokenizer = runner.model_for(round_index)
-    runner._model_round = None  # the weights change in place: not M_{t-1} any more
+    runner.set_model_round(None)  # the weights change in place: not M_{t-1} any more
     result, ema = train_round(
         model,
         tokenizer,
@@ -264,7 +227,7 @@ def run_train(runner: Runner, round_index: int) -> dict[str, Any]:
     save_round_model(model, tokenizer, folder / "model")
     ema.save(folder / "ema.safetensors")
     write_jsonl(folder / "train_log.jsonl", (asdict(step) for step in result.log))
-    runner._model_round = round_index
+    runner.set_model_round(round_index)
     return {
         "counts": _per_lang(pairs),
         "steps": result.steps,

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from congrad.artifacts import write_jsonl, write_manifest
-from congrad.config import RunConfig, Strategy
+from congrad.config import RunConfig
 from congrad.encoding import collate_pairs, encode_pair, pad_token_id_of
 from congrad.gradient_ema import GradientEMA
-from congrad.losses import lp_dpo_loss, sequence_logps
+from congrad.losses import lp_dpo_loss
 from congrad.lowrank import stable_seed
 from congrad.records import PreferencePair
 
@@ -37,7 +37,7 @@ def build_ema_from_pairs(
     Minibatches of ``train.batch_size`` pairs of one language each, in a seeded order
     (:func:`congrad.train.language_schedule`), as the training round would see them.
     """
-    from congrad.train import language_schedule
+    from congrad.train import batch_logps, language_schedule
 
     ema = GradientEMA(
         model,
@@ -48,7 +48,6 @@ def build_ema_from_pairs(
         seed=config.seed,
     )
     pad_id = pad_token_id_of(tokenizer)
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
@@ -60,20 +59,13 @@ def build_ema_from_pairs(
                 [encode_pair(tokenizer, p, config.train.max_length) for p in chunk], pad_id
             )
             model.zero_grad(set_to_none=True)
-            logits = model(
-                input_ids=batch.input_ids.to(device),
-                attention_mask=batch.attention_mask.to(device),
-                use_cache=False,
-            ).logits
-            logps = sequence_logps(
-                logits, batch.input_ids.to(device), batch.response_mask.to(device)
-            )
-            n = batch.num_pairs
+            chosen, rejected = batch_logps(model, batch)
+            device = chosen.device
             loss = lp_dpo_loss(
-                logps[:n],
-                logps[n:],
-                logps[:n].detach(),
-                logps[n:].detach(),
+                chosen,
+                rejected,
+                chosen.detach(),  # policy = reference: the gradient at the current weights
+                rejected.detach(),
                 batch.chosen_lengths.to(device),
                 batch.rejected_lengths.to(device),
                 beta=config.train.beta,
@@ -97,11 +89,9 @@ def filter_dataset(
     progress: bool = True,
 ) -> Path:
     """Score and select the pairs of ``datasets``; returns the output folder."""
+    from congrad.filtering import filter_pairs
     from congrad.modeling import load_model
     from congrad.pairs_io import load_pair_files
-    from congrad.pcgrad import seeded_orders
-    from congrad.scoring import score_pairs
-    from congrad.selection import select_pairs, strategy_scores
 
     start = time.perf_counter()
     folder = Path(output)
@@ -109,39 +99,27 @@ def filter_dataset(
     model_config = (
         config.model if model is None else config.model.model_copy(update={"name_or_path": model})
     )
-    lm, tokenizer = load_model(model_config, seed=config.seed)
-    strategy = config.filter.strategy
-    cosines = None
-    if strategy.needs_gradients:
+    loaded: list[tuple[Any, Any]] = []
+
+    def load() -> tuple[Any, Any]:
+        if not loaded:
+            loaded.append(load_model(model_config, seed=config.seed))
+        return loaded[0]
+
+    def ema_for(lm: Any, tokenizer: Any) -> GradientEMA:
         if ema_path is not None:
-            ema = GradientEMA.load(ema_path, lm)
-        else:
-            ema = build_ema_from_pairs(lm, tokenizer, pairs, config)
+            return GradientEMA.load(ema_path, lm)
+        ema = build_ema_from_pairs(lm, tokenizer, pairs, config)
         ema.save(folder / "ema.safetensors")
-        scores = score_pairs(
-            lm,
-            tokenizer,
-            pairs,
-            ema,
-            beta=config.train.beta,
-            alpha=config.train.alpha,
-            batch_size=config.filter.batch_size,
-            max_length=config.train.max_length,
-            orders=seeded_orders(ema.languages, config.seed),
-            progress=progress,
-        )
-        write_jsonl(folder / "scores.jsonl", (s.to_dict() for s in scores))
-        cosines = {s.pair_id: s.cosine for s in scores}
-    lengths = None
-    if strategy in (Strategy.MAX_LEN, Strategy.MIN_LEN):
-        lengths = {}
-        for pair in pairs:
-            encoded = encode_pair(tokenizer, pair, config.train.max_length)
-            lengths[pair.pair_id] = (encoded.chosen_length, encoded.rejected_length)
-    values = strategy_scores(
-        pairs, strategy, seed=config.seed, congrad_cosines=cosines, lengths=lengths
+        return ema
+
+    strategy = config.filter.strategy
+    result = filter_pairs(
+        pairs, config, strategy, load_model=load, load_ema=ema_for, progress=progress
     )
-    selection = select_pairs(pairs, values, strategy, config.filter.keep_fraction)
+    if result.scores is not None:
+        write_jsonl(folder / "scores.jsonl", (s.to_dict() for s in result.scores))
+    selection = result.selection
     write_jsonl(folder / "selection.jsonl", (s.to_dict() for s in selection))
     kept: dict[str, int] = {}
     for row in selection:
@@ -152,6 +130,7 @@ def filter_dataset(
         {
             "datasets": list(datasets),
             "model": model_config.name_or_path,
+            "ema": str(ema_path) if ema_path is not None else "built from the dataset",
             "strategy": str(strategy),
             "keep_fraction": config.filter.keep_fraction,
             "pairs": len(pairs),

@@ -102,7 +102,7 @@ def language_schedule(
     return [chunks[lang].pop(0) for _, lang in sorted(slots)]  # each slot: its next chunk
 
 
-def _batch_logps(model: nn.Module, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_logps(model: nn.Module, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed response log-probs ``(B,)`` of the chosen rows and of the rejected rows."""
     device = next(model.parameters()).device
     input_ids = batch.input_ids.to(device)
@@ -132,7 +132,7 @@ def reference_logps(
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
             batch = collate_pairs([encoded[i] for i in indices], pad_token_id_of(tokenizer))
-            chosen, rejected = _batch_logps(model, batch)
+            chosen, rejected = batch_logps(model, batch)
             for row, index in enumerate(indices):
                 values[pairs[index].pair_id] = (float(chosen[row]), float(rejected[row]))
     finally:
@@ -162,7 +162,7 @@ def _minibatch_losses(
 ) -> tuple[torch.Tensor, tuple[float, float, float]]:
     """Per-pair LP-DPO losses ``(B,)`` given ``refs`` ``(B, 2)`` (chosen, rejected), and the
     mean chosen reward, mean rejected reward and accuracy."""
-    chosen, rejected = _batch_logps(model, batch)
+    chosen, rejected = batch_logps(model, batch)
     ref_chosen, ref_rejected = refs.to(chosen).unbind(1)
     lengths = (batch.chosen_lengths.to(chosen.device), batch.rejected_lengths.to(chosen.device))
     losses = lp_dpo_loss(
