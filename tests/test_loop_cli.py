@@ -168,3 +168,48 @@ def test_partial_log_recovers_from_a_torn_line(tmp_path):
     assert [row["a"] for row in log.done] == [1, 2]
     log.append([{"a": 4}])
     assert [row["a"] for row in read_jsonl(path)] == [1, 2, 4]
+
+
+def test_no_pairs_at_all_stops_clearly_and_keeps_earlier_work(tmp_path, capsys):
+    # min_mass 1.0: no judgment can reach it, so every response is unparsed.
+    code = main(
+        [
+            "run",
+            "--config",
+            SMOKE,
+            "--quiet",
+            f"output_dir={tmp_path}",
+            "rounds=1",
+            "judge.min_mass=1.0",
+        ]
+    )
+    assert code == 2
+    assert "no preference pairs to train on" in capsys.readouterr().err
+    folder = tmp_path / "round_1"
+    for stage in ("prompts", "generate", "judge", "pairs", "filter"):
+        assert read_manifest(folder, stage) is not None
+    assert read_manifest(folder, "train") is None
+    assert {d["reason"] for d in read_jsonl(folder / "dropped.jsonl")} == {"fewer_than_two_parsed"}
+
+
+def test_interrupted_generation_resumes_to_the_same_result(tmp_path):
+    from congrad.config import load_config
+    from congrad.loop import Runner
+
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    for folder in (whole, resumed):
+        args = ["--config", SMOKE, f"output_dir={folder}", "--quiet"]
+        assert main(["prompts", "--round", "1", *args]) == 0
+    assert main(["generate", "--round", "1", "--config", SMOKE, f"output_dir={whole}"]) == 0
+    # Pretend a crash after 5 completions, with a torn sixth line.
+    runner = Runner(load_config(SMOKE, [f"output_dir={resumed}"]), progress=False)
+    fingerprint = runner.expected_fingerprint("generate", 1)
+    done = (whole / "round_1" / "completions.jsonl").read_text().splitlines(keepends=True)
+    partial = resumed / "round_1" / f"generate.{fingerprint}.partial.jsonl"
+    partial.write_text("".join(done[:5]) + done[5][:20])
+    (resumed / "round_1" / "generate.stale0000.partial.jsonl").write_text("{}\n")
+    assert main(["generate", "--round", "1", "--config", SMOKE, f"output_dir={resumed}"]) == 0
+    assert (resumed / "round_1" / "completions.jsonl").read_bytes() == (
+        whole / "round_1" / "completions.jsonl"
+    ).read_bytes()
+    assert not list((resumed / "round_1").glob("*.partial.jsonl"))

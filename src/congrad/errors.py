@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from congrad.artifacts import ArtifactError
 from congrad.config import ConfigError
-from congrad.loop import StageNotReady
+from congrad.loop import StageFailed, StageNotReady
 from congrad.offline_models import OfflineModelError
 from congrad.tables import DataError
 
@@ -17,6 +17,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     ArtifactError,
     ConfigError,
     DataError,
+    StageFailed,
     StageNotReady,
     OfflineModelError,
     FileNotFoundError,

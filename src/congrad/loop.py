@@ -50,6 +50,11 @@ class StageNotReady(RuntimeError):
     """A stage was asked to run before the stages it reads have completed."""
 
 
+class StageFailed(RuntimeError):
+    """A stage cannot produce its output from its inputs; the message says why and where
+    to look. Earlier artifacts are untouched and the stage reruns when asked again."""
+
+
 def _digest(path: Path) -> str:
     hasher = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -25,9 +25,14 @@ def _per_lang(records: list[Any]) -> dict[str, int]:
 
 
 def _partial(runner: Runner, round_index: int, stage: str) -> PartialLog:
-    # The fingerprint in the name keeps a partial log from another config from being reused.
+    # The fingerprint in the name keeps a partial log from another config from being reused;
+    # logs of other fingerprints are stale (the config or an input changed) and removed.
     print_ = runner.expected_fingerprint(stage, round_index)
-    return PartialLog(runner.folder(round_index) / f"{stage}.{print_}.partial.jsonl")
+    current = runner.folder(round_index) / f"{stage}.{print_}.partial.jsonl"
+    for stale in runner.folder(round_index).glob(f"{stage}.*.partial.jsonl"):
+        if stale != current:
+            stale.unlink()
+    return PartialLog(current)
 
 
 def load_prompts(runner: Runner, round_index: int) -> list[PromptRecord]:
@@ -202,7 +207,9 @@ def run_train(runner: Runner, round_index: int) -> dict[str, Any]:
     kept_ids = {row["pair_id"] for row in read_jsonl(folder / "selection.jsonl") if row["kept"]}
     pairs = [p for p in load_pairs(runner, round_index) if p.pair_id in kept_ids]
     if not pairs:
-        raise ValueError(
+        from congrad.loop import StageFailed
+
+        raise StageFailed(
             f"round {round_index}: no preference pairs to train on (every language lost all "
             "its prompts to ties or unparsed judgments); see dropped.jsonl and judgments.jsonl"
         )
