@@ -213,3 +213,11 @@ def test_interrupted_generation_resumes_to_the_same_result(tmp_path):
         whole / "round_1" / "completions.jsonl"
     ).read_bytes()
     assert not list((resumed / "round_1").glob("*.partial.jsonl"))
+
+
+def test_missing_model_is_refused_before_any_stage(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["run", "--quiet", f"output_dir={out}", "model.name_or_path=/no/such/model"])
+    assert code == 2
+    assert "/no/such/model" in capsys.readouterr().err
+    assert not out.exists()

@@ -56,9 +56,14 @@ def _inspect_ema(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> Any:
+    """The validated config, its model checked to exist before any stage runs."""
     from congrad.config import load_config
+    from congrad.modeling import check_model_source
 
-    return load_config(args.config, list(args.overrides))
+    config = load_config(args.config, list(args.overrides))
+    if args.command != "show-config":
+        check_model_source(getattr(args, "model", None) or config.model.name_or_path)
+    return config
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from congrad.artifacts import ArtifactError
 from congrad.config import ConfigError
 from congrad.loop import StageFailed, StageNotReady
+from congrad.modeling import ModelLoadError
 from congrad.offline_models import OfflineModelError
 from congrad.tables import DataError
 
@@ -19,6 +20,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     DataError,
     StageFailed,
     StageNotReady,
+    ModelLoadError,
     OfflineModelError,
     FileNotFoundError,
 )

@@ -1,5 +1,7 @@
 """Load the model and tokenizer a config names.
 
+Nothing heavy at import: torch and transformers load inside the functions.
+
 In: :class:`~congrad.config.ModelConfig` (or a folder of a round's saved model). Out:
 ``(model, tokenizer)`` on the best available device, weights in the configured dtype,
 in eval mode. ``smollm2`` resolves to the offline SmolLM2-135M-Instruct, ``tiny-random``
@@ -9,21 +11,47 @@ with ``trust_remote_code`` only when the config turns it on.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, cast
-
-import torch
+from typing import TYPE_CHECKING, Any, cast
 
 from congrad.config import ModelConfig
 
+if TYPE_CHECKING:
+    import torch
+
 TINY_RANDOM = "tiny-random"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+class ModelLoadError(RuntimeError):
+    """The configured model cannot be found or loaded; the message says what to give."""
+
+
+def check_model_source(name_or_path: str) -> None:
+    """Refuse, before any work starts, a model that is neither built in, an existing
+    folder, nor shaped like a hub id (``owner/name``)."""
+    from congrad.offline_models import is_offline_alias
+
+    if name_or_path == TINY_RANDOM or is_offline_alias(name_or_path):
+        return
+    if Path(name_or_path).expanduser().exists() or _HUB_ID.fullmatch(name_or_path):
+        return
+    raise ModelLoadError(
+        f"model.name_or_path={name_or_path!r} is not an existing folder, a hub id "
+        "(owner/name), 'smollm2' or 'tiny-random'"
+    )
 
 
 def pick_device() -> torch.device:
+    import torch
+
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    import torch
+
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
@@ -47,18 +75,22 @@ def load_model(
     if path is None:
         from congrad.offline_models import resolve_model_path
 
+        check_model_source(config.name_or_path)
         source = resolve_model_path(config.name_or_path)
-        if not Path(source).exists() and "/" not in source:
-            raise FileNotFoundError(
-                f"model.name_or_path={config.name_or_path!r} is neither a folder, a hub id "
-                "(owner/name), 'smollm2' nor 'tiny-random'"
-            )
     else:
         source = str(path)
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=dtype, trust_remote_code=config.trust_remote_code
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, trust_remote_code=config.trust_remote_code
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, trust_remote_code=config.trust_remote_code
+        )
+    except OSError as error:  # transformers reports missing files and hub failures so
+        raise ModelLoadError(
+            f"could not load model {source!r}: {error}. Give a local model folder, a hub id "
+            "you can reach, 'smollm2' or 'tiny-random' as model.name_or_path."
+        ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is always masked out
     return cast(Any, model).to(device).eval(), tokenizer

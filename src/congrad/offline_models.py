@@ -213,6 +213,11 @@ def ensure_offline_model(
     return target
 
 
+def is_offline_alias(name: str) -> bool:
+    """Whether ``name`` names the built-in offline model (``smollm2``, any case)."""
+    return name.strip().lower() in _SMOLLM2_ALIASES
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """Map a user-given model name to something ``from_pretrained`` accepts.
 
@@ -222,7 +227,7 @@ def resolve_model_path(name_or_path: str) -> str:
     * anything else (e.g. a hub id such as ``"HuggingFaceTB/SmolLM2-135M-Instruct"``):
       returned unchanged, for users who can reach a model hub.
     """
-    if name_or_path.strip().lower() in _SMOLLM2_ALIASES:
+    if is_offline_alias(name_or_path):
         return str(ensure_offline_model())
     return name_or_path
 
