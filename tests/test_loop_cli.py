@@ -113,7 +113,14 @@ def test_training_changes_weights_and_losses_are_finite(smoke_run):
     for r in (1, 2):
         log = read_jsonl(smoke_run / f"round_{r}" / "train_log.jsonl")
         assert log and all(math.isfinite(row["loss"]) for row in log)
-        assert all(len({row["lang"]}) == 1 for row in log)
+        # Every kept pair is trained on exactly once, in minibatches of its own language.
+        kept = _per_lang(
+            [s for s in read_jsonl(smoke_run / f"round_{r}" / "selection.jsonl") if s["kept"]]
+        )
+        trained: dict[str, int] = {}
+        for row in log:
+            trained[row["lang"]] = trained.get(row["lang"], 0) + row["pairs"]
+        assert trained == kept
 
 
 def test_rerun_is_a_no_op(smoke_run):
