@@ -122,6 +122,75 @@ def _filter(args: argparse.Namespace) -> int:
     return _stage(args)
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from congrad.loop import Runner, prepare_run_dir
+    from congrad.report import evaluation_table
+
+    config = _load(args)
+    if args.round is not None and not 1 <= args.round <= config.rounds:
+        print(f"congrad: --round must lie in 1..{config.rounds}", file=sys.stderr)
+        return 2
+    _check_judge_key(config)
+    prepare_run_dir(config, force=args.force)
+    console = Console(stderr=True)
+    runner = Runner(config, progress=not args.quiet, log=lambda m: console.print(m))
+    rounds = None if args.round is None else [args.round]
+    runner.evaluate(rounds)
+    Console(width=max(Console().width, 100)).print(evaluation_table(config.output_dir, rounds))
+    return 0
+
+
+def _check_judge_key(config: Any) -> None:
+    """An API judge without its key fails here, before any answer is generated."""
+    import os
+
+    from congrad.judges import JudgeSetupError
+
+    judge = config.evaluate.judge
+    if judge.backend == "openai" and not os.environ.get(judge.api_key_env):
+        raise JudgeSetupError(
+            f"evaluate.judge.backend=openai reads the API key from the environment variable "
+            f"{judge.api_key_env}, which is not set; export it (the key is never written to "
+            "any file), or point evaluate.judge.api_key_env at another variable"
+        )
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from congrad.compare import parse_keeps, parse_strategies, run_comparison
+
+    config = _load(args)
+    strategies = parse_strategies(args.strategies)
+    keeps = parse_keeps(args.keep)
+    if args.seeds < 1:
+        print("congrad: --seeds must be >= 1", file=sys.stderr)
+        return 2
+    _check_judge_key(config)
+    console = Console(stderr=True)
+    report = run_comparison(
+        config,
+        strategies,
+        seeds=args.seeds,
+        keeps=keeps,
+        force=args.force,
+        progress=not args.quiet,
+        log=lambda m: console.print(m),
+    )
+    print(f"report: {report / 'report.md'}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from congrad.report import build_report
+
+    report = build_report(args.folder)
+    print(f"report: {report / 'report.md'}")
+    return 0
+
+
 def _show_config(args: argparse.Namespace) -> int:
     from congrad.config import config_to_yaml
 
@@ -171,6 +240,35 @@ def build_parser() -> argparse.ArgumentParser:
                 "--ema", help="standalone: a saved GradientEMA (default: built from the dataset)"
             )
             command.set_defaults(handler=_filter)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="win rates over the seed model (and multiple-choice accuracy)"
+    )
+    _add_config_arguments(evaluate)
+    evaluate.add_argument("--round", type=int, help="one round (default: every trained round)")
+    evaluate.add_argument("--force", action="store_true", help="accept a changed config")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.set_defaults(handler=_evaluate)
+
+    compare = commands.add_parser(
+        "compare", help="run and evaluate several strategies from one config, then report"
+    )
+    _add_config_arguments(compare)
+    compare.add_argument(
+        "--strategies",
+        default="full,rand,max-congrad",
+        help="comma-separated: full, rand, max-len, min-len, max-reward, min-reward, "
+        "max-congrad, min-congrad, uab, lcl, mono (default: full,rand,max-congrad)",
+    )
+    compare.add_argument("--seeds", type=int, default=1, help="seeds of rand, averaged")
+    compare.add_argument("--keep", help="keep fractions to sweep, e.g. 0.25,0.5,0.75")
+    compare.add_argument("--force", action="store_true", help="accept a changed config")
+    compare.add_argument("--quiet", action="store_true", help="no progress bars")
+    compare.set_defaults(handler=_compare)
+
+    report = commands.add_parser("report", help="rebuild the report of a run or comparison")
+    report.add_argument("folder", help="a comparison folder or a run folder")
+    report.set_defaults(handler=_report)
 
     show = commands.add_parser("show-config", help="print the resolved, validated config")
     _add_config_arguments(show)

@@ -28,6 +28,9 @@ from congrad.atomic import write_text_atomic
 from congrad.config import ConfigError, RunConfig, config_changes, config_to_yaml, load_config
 
 STAGES = ("prompts", "generate", "judge", "pairs", "filter", "train")
+EVAL_STAGES = ("answers", "mcq", "verdicts")
+"""Evaluation (congrad.eval_stages): ``answers`` and ``mcq`` of round t use M_t (round 0:
+the seed model, in ``round_0/``); ``verdicts`` compares round t's answers with round 0's."""
 UPSTREAM = {
     "prompts": (),
     "generate": ("prompts",),
@@ -35,6 +38,9 @@ UPSTREAM = {
     "pairs": ("judge",),
     "filter": ("pairs",),
     "train": ("filter",),
+    "answers": (),
+    "mcq": (),
+    "verdicts": ("answers",),
 }
 OUTPUTS = {
     "prompts": ("prompts.jsonl",),
@@ -43,6 +49,9 @@ OUTPUTS = {
     "pairs": ("pairs.jsonl", "dropped.jsonl"),
     "filter": ("selection.jsonl", "scores.jsonl?"),
     "train": ("model/model.safetensors", "ema.safetensors", "train_log.jsonl"),
+    "answers": ("eval_answers.jsonl",),
+    "mcq": ("eval_mcq.jsonl",),
+    "verdicts": ("eval_verdicts.jsonl", "winrates.json"),
 }
 
 
@@ -112,30 +121,67 @@ class Runner:
             ],
             "judge": [common, c.judge.model_dump(mode="json")],
             "pairs": [common],
-            "filter": [
+            # Round 1 keeps every pair whatever the strategy: no filter setting matters, so
+            # every strategy's round 1 has one fingerprint (congrad compare shares it).
+            "filter": [common, {"strategy": "full"}]
+            if round_index == 1
+            else [
                 common,
                 c.filter.model_dump(mode="json"),
                 c.ema.model_dump(mode="json"),
                 c.train.max_length,
             ],
             "train": [common, c.train.model_dump(mode="json"), c.ema.model_dump(mode="json")],
+            **self._eval_settings(common),
         }[stage]
+
+    def _eval_settings(self, common: dict[str, Any]) -> dict[str, list[Any]]:
+        c, evaluate = self.config, self.config.evaluate
+        judge = evaluate.judge
+        # What decides a verdict; concurrency, retries, timeout and the cache path do not.
+        judge_identity: dict[str, Any] = {"backend": judge.backend, "model": judge.model}
+        if judge.backend == "openai":
+            judge_identity |= {"temperature": judge.temperature, "max_tokens": judge.max_tokens}
+        else:
+            judge_identity |= {"mode": judge.mode, "batch_size": judge.batch_size}
+            judge_identity |= (
+                {"min_mass": judge.min_mass}
+                if judge.mode == "logprob"
+                else {"max_tokens": judge.max_tokens}
+            )
+        if judge.backend == "self":
+            judge_identity["model"] = c.model.model_dump(mode="json")
+        answers = evaluate.model_dump(mode="json", exclude={"judge", "mcq", "bootstrap"})
+        answers["languages"] = evaluate.eval_languages(c.prompts.languages)
+        return {
+            "answers": [common, c.model.model_dump(mode="json"), answers],
+            "mcq": [common, c.model.model_dump(mode="json"), evaluate.mcq.model_dump(mode="json")],
+            "verdicts": [common, judge_identity, evaluate.bootstrap, c.prompts.languages],
+        }
+
+    def dependencies(self, stage: str, round_index: int) -> list[tuple[int, str]]:
+        """The (round, stage) outputs that ``stage`` of ``round_index`` reads."""
+        deps = [(round_index, upstream) for upstream in UPSTREAM[stage]]
+        if stage in ("generate", "judge", "filter") and round_index > 1:
+            deps.append((round_index - 1, "train"))  # the round's starting model M_{t-1}
+        if stage in ("answers", "mcq") and round_index >= 1:
+            deps.append((round_index, "train"))  # the evaluated model M_t
+        if stage == "verdicts":
+            deps.append((0, "answers"))  # the seed model's answers
+        if stage == "train" and self.config.train.schedule == "lcl":
+            deps.append((0, "mcq"))  # the curriculum ranks languages by M_0's accuracy
+        return deps
 
     def expected_fingerprint(self, stage: str, round_index: int) -> str:
         """Hash of the stage's settings and the outputs of the stages it reads."""
         inputs = []
-        for upstream in UPSTREAM[stage]:
-            manifest = read_manifest(self.folder(round_index), upstream)
+        for dep_round, dep_stage in self.dependencies(stage, round_index):
+            manifest = read_manifest(self.folder(dep_round), dep_stage)
             if manifest is None:
-                raise StageNotReady(f"round {round_index}: stage {stage} needs {upstream} first")
-            inputs.append(manifest["outputs"])
-        if stage in ("generate", "judge", "filter") and round_index > 1:
-            previous = read_manifest(self.folder(round_index - 1), "train")
-            if previous is None:
                 raise StageNotReady(
-                    f"round {round_index}: {stage} needs round {round_index - 1}'s model"
+                    f"round {round_index}: {stage} needs round {dep_round}'s {dep_stage} first"
                 )
-            inputs.append(previous["outputs"])
+            inputs.append(manifest["outputs"])
         return fingerprint(stage, self._settings(stage, round_index), inputs)
 
     def is_complete(self, stage: str, round_index: int) -> bool:
@@ -171,9 +217,12 @@ class Runner:
 
     def model_for(self, round_index: int) -> tuple[Any, Any]:
         """The weights round ``round_index`` starts from: M_{t-1}."""
+        return self.model_after(round_index - 1)
+
+    def model_after(self, wanted: int) -> tuple[Any, Any]:
+        """The weights round ``wanted`` trained: M_wanted (0: the seed model)."""
         from congrad.modeling import load_model
 
-        wanted = round_index - 1
         if self._model_round != wanted:
             self._model = self._tokenizer = None
             path = None if wanted == 0 else self.folder(wanted) / "model"
@@ -194,11 +243,12 @@ class Runner:
         if self.is_complete(stage, round_index):
             return False
         self.expected_fingerprint(stage, round_index)  # raises StageNotReady early
-        from congrad import stages
+        from congrad import eval_stages, stages
 
         start = time.perf_counter()
         self.folder(round_index).mkdir(parents=True, exist_ok=True)
-        facts = getattr(stages, f"run_{stage}")(self, round_index)
+        module = eval_stages if stage in EVAL_STAGES else stages
+        facts = getattr(module, f"run_{stage}")(self, round_index)
         seconds = time.perf_counter() - start
         self.timings[(round_index, stage)] = seconds
         self._finish(stage, round_index, facts, seconds)
@@ -206,6 +256,8 @@ class Runner:
         return True
 
     def run_all(self) -> dict[str, Any]:
+        if self.config.train.schedule == "lcl":
+            self.run_stage("mcq", 0)  # the curriculum's language ranking
         for round_index in range(1, self.config.rounds + 1):
             for stage in STAGES:
                 self.run_stage(stage, round_index)
@@ -214,3 +266,25 @@ class Runner:
         summary = build_summary(self.config)
         write_text_atomic(Path(self.config.output_dir) / "summary.json", summary.to_json())
         return summary.to_dict()
+
+    def trained_rounds(self) -> list[int]:
+        """Rounds whose training is complete, in order."""
+        return [t for t in range(1, self.config.rounds + 1) if self.is_complete("train", t)]
+
+    def evaluate(self, rounds: list[int] | None = None) -> None:
+        """Answers (and multiple-choice accuracy) of M_0 and each round's M_t, then the
+        judge's verdicts of M_t against M_0. ``rounds`` default: every trained round."""
+        if rounds is None:
+            rounds = self.trained_rounds()
+        untrained = [t for t in rounds if not self.is_complete("train", t)]
+        if untrained:
+            raise StageNotReady(
+                f"round {untrained[0]} has no trained model yet: run `congrad run` first"
+            )
+        with_mcq = bool(self.config.evaluate.mcq.files)
+        for round_index in [0, *rounds]:  # one model load per round for both
+            self.run_stage("answers", round_index)
+            if with_mcq:
+                self.run_stage("mcq", round_index)
+        for round_index in rounds:
+            self.run_stage("verdicts", round_index)

@@ -219,6 +219,7 @@ def run_train(runner: Runner, round_index: int) -> dict[str, Any]:
             row["pair_id"]: (row["ref_chosen_logps"], row["ref_rejected_logps"])
             for row in read_jsonl(folder / "scores.jsonl")
         }
+    schedule, schedule_facts = _schedule(runner, pairs, round_index)
     model, tokenizer = runner.model_for(round_index)
     runner.set_model_round(None)  # the weights change in place: not M_{t-1} any more
     result, ema = train_round(
@@ -229,6 +230,7 @@ def run_train(runner: Runner, round_index: int) -> dict[str, Any]:
         ema=config.ema,
         seed=stable_seed("train", config.seed, round_index),
         ref_logps=ref_logps,
+        schedule=schedule,
         progress=runner.progress,
     )
     save_round_model(model, tokenizer, folder / "model")
@@ -240,4 +242,36 @@ def run_train(runner: Runner, round_index: int) -> dict[str, Any]:
         "steps": result.steps,
         "mean_loss": result.mean_loss,
         "loss_by_lang": result.lang_mean_loss,
+        **schedule_facts,
     }
+
+
+def _schedule(
+    runner: Runner, pairs: list[PreferencePair], round_index: int
+) -> tuple[list[list[int]] | None, dict[str, Any]]:
+    """The minibatch order of ``train.schedule`` and what it was built from."""
+    from congrad import schedules
+    from congrad.train import language_schedule
+
+    config = runner.config
+    seed = stable_seed("train", config.seed, round_index)
+    kind = config.train.schedule
+    if kind == "uab":
+        probabilities = schedules.uab_probabilities(pairs)
+        built = schedules.uab_schedule(pairs, config.train.batch_size, seed)
+        facts: dict[str, Any] = {"language_probabilities": probabilities}
+    elif kind == "lcl":
+        from congrad.eval_stages import mcq_accuracy
+
+        accuracy = {lang: row["accuracy"] for lang, row in mcq_accuracy(runner, 0).items()}
+        built = schedules.lcl_schedule(pairs, config.train.batch_size, seed, accuracy)
+        languages = sorted({p.lang for p in pairs})
+        facts = {
+            "seed_accuracy": accuracy,
+            "dominant_languages": schedules.dominant_languages(languages, accuracy),
+        }
+    else:
+        return language_schedule(pairs, config.train.batch_size, seed), {}
+    counts = Counter(pairs[batch[0]].lang for batch in built)
+    facts["minibatches_by_lang"] = dict(sorted(counts.items()))
+    return built, {"schedule": kind, **facts}

@@ -188,6 +188,7 @@ def train_round(
     ema: EMAConfig,
     seed: int,
     ref_logps: dict[str, tuple[float, float]] | None = None,
+    schedule: Sequence[Sequence[int]] | None = None,
     progress: bool = False,
 ) -> tuple[TrainResult, GradientEMA]:
     """Train ``model`` in place for one epoch over ``pairs`` (see the module docstring).
@@ -196,6 +197,8 @@ def train_round(
     weights (from :func:`congrad.scoring.score_pairs`); ``None`` computes them here. Per
     minibatch of ``B`` pairs: one forward of ``(2B, T)`` rows, loss = the mean of the ``B``
     per-pair LP-DPO losses, one backward, one EMA update. ``seed`` seeds schedule and EMA.
+    ``schedule``: the minibatches as lists of pair indices, each of one language (see
+    :mod:`congrad.schedules`); default :func:`language_schedule`.
     """
     if not pairs:
         raise ValueError("train_round needs at least one preference pair, got none")
@@ -206,7 +209,11 @@ def train_round(
         raise ValueError(f"ref_logps has no reference log-probs for pair {missing[0]!r}")
     started = time.perf_counter()
     accelerator = Accelerator(mixed_precision=train.mixed_precision)
-    schedule = language_schedule(pairs, train.batch_size, seed)
+    if schedule is None:
+        schedule = language_schedule(pairs, train.batch_size, seed)
+    for batch in schedule:
+        if not batch or len({pairs[i].lang for i in batch}) != 1:
+            raise ValueError("every minibatch of the schedule must hold pairs of one language")
     accumulation = train.gradient_accumulation_steps
     total_steps = math.ceil(len(schedule) / accumulation)
     warmup = math.ceil(train.warmup_ratio * total_steps)
