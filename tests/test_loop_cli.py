@@ -155,7 +155,7 @@ def test_changed_config_is_refused_then_forced(smoke_run, capsys):
 def test_stage_out_of_order_is_a_clear_error(tmp_path, capsys):
     args = ["--config", SMOKE, f"output_dir={tmp_path}", "--quiet"]
     assert main(["judge", "--round", "1", *args]) == 2
-    assert "needs generate first" in capsys.readouterr().err
+    assert "needs round 1's generate first" in capsys.readouterr().err
     assert main(["prompts", "--round", "1", *args]) == 0
     assert main(["generate", "--round", "1", *args]) == 0
     assert read_manifest(tmp_path / "round_1", "generate") is not None

@@ -93,6 +93,7 @@ def plan_runs(
     """The runs of a comparison, in execution order (multilingual ones first)."""
     keeps = keeps or [base.filter.keep_fraction]
     plan = []
+    overrides: dict[str, Any]
     for name in strategies:
         if name == "mono":
             continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from congrad.artifacts import ArtifactError
 from congrad.config import ConfigError
+from congrad.judges import JudgeSetupError, JudgeUnavailable
 from congrad.loop import StageFailed, StageNotReady
 from congrad.modeling import ModelLoadError
 from congrad.offline_models import OfflineModelError
@@ -18,6 +19,8 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     ArtifactError,
     ConfigError,
     DataError,
+    JudgeSetupError,
+    JudgeUnavailable,
     StageFailed,
     StageNotReady,
     ModelLoadError,

@@ -243,7 +243,9 @@ def summarise_verdicts(config: RunConfig, rows: list[dict[str, Any]]) -> dict[st
     seed = stable_seed("bootstrap", config.seed)
     resamples = config.evaluate.bootstrap
     per_lang = language_win_rates(verdicts, seed=seed, resamples=resamples)
-    languages = list(dict.fromkeys(row["lang"] for row in rows))
+    present = {row["lang"] for row in rows}
+    ordered = config.evaluate.eval_languages(config.prompts.languages) + sorted(present)
+    languages = [lang for lang in dict.fromkeys(ordered) if lang in present]
     seen, unseen = seen_and_unseen(config, languages)
     average = average_win_rate(verdicts, seen, seed=seed, resamples=resamples)
     average_unseen = (
@@ -296,7 +298,9 @@ def pairwise_judge(runner: Runner) -> PairwiseJudge:
         )
     if judge.backend == "self":
         model, tokenizer = runner.model_after(0)
-        name = config.model.name_or_path
+        name = config.model.name_or_path  # the cache key trusts it to name the weights
+        if name == "tiny-random":
+            name += f" (seed {config.seed})"
     else:
         from congrad.modeling import load_model
 
@@ -314,4 +318,5 @@ def pairwise_judge(runner: Runner) -> PairwiseJudge:
         mode=judge.mode,
         max_new_tokens=judge.max_tokens,
         min_mass=judge.min_mass,
+        batch_size=judge.batch_size,
     )

@@ -81,7 +81,9 @@ def prepare_run_dir(config: RunConfig, *, force: bool = False) -> Path:
             previous = load_config(saved)
         except ConfigError as error:
             raise ConfigError(f"{saved} no longer loads ({error}); use a new output_dir") from None
-        changed = config_changes(previous, config)
+        # Evaluation settings (another judge, more prompts) never touch training artifacts,
+        # and their stages rerun by fingerprint: changing them needs no --force.
+        changed = [k for k in config_changes(previous, config) if not k.startswith("evaluate.")]
         if changed and not force:
             raise ConfigError(
                 f"{folder} was run with a different config; changed keys: {', '.join(changed)}. "

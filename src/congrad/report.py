@@ -143,17 +143,16 @@ def _win_cell(runs: Sequence[RunResults], t: int, key: str) -> Cell:
             values = [v["win_rate"] for v in per_lang.values() if v and v["win_rate"] is not None]
             return Cell((statistics.fmean(values),) if values and key == "average" else ())
         return _one(per_lang.get(key))
-    cells = []
+    cells: list[Cell] = []
     for run in runs:
         summary = run.win_rates.get(t)
         if summary is None:
             continue
         entry = summary[key] if key.startswith("average") else summary["languages"].get(key)
         cells.append(_one(entry))
-    values = tuple(v for c in cells for v in c.values)
     if len(cells) == 1:
         return cells[0]
-    return Cell(values)
+    return Cell(tuple(v for c in cells for v in c.values))
 
 
 def _one(entry: dict[str, Any] | None) -> Cell:
@@ -163,19 +162,21 @@ def _one(entry: dict[str, Any] | None) -> Cell:
 
 
 def _accuracy_cell(runs: Sequence[RunResults], t: int, lang: str | None) -> Cell:
-    values = []
+    """Accuracy in ``lang`` (None: the mean over languages) of round ``t``, per run."""
+    if runs and runs[0].strategy == "mono":  # each run answers for its own language
+        per = {r.lang: r.accuracy.get(t, {}).get(r.lang or "") for r in runs}
+        found = [v for v in per.values() if v is not None]
+        if lang is None:
+            return Cell((statistics.fmean(found),) if found else ())
+        value = per.get(lang)
+        return Cell(() if value is None else (value,))
+    values: list[float] = []
     for run in runs:
         by_lang = run.accuracy.get(t, {})
-        if run.strategy == "mono":
-            by_lang = {k: v for k, v in by_lang.items() if k == run.lang}
-        if lang is None and by_lang and run.strategy != "mono":
+        if lang is None and by_lang:
             values.append(statistics.fmean(by_lang.values()))
         elif lang is not None and lang in by_lang:
             values.append(by_lang[lang])
-    if runs and runs[0].strategy == "mono" and lang is None:
-        per = [r.accuracy.get(t, {}).get(r.lang or "") for r in runs]
-        per = [v for v in per if v is not None]
-        return Cell((statistics.fmean(per),) if per else ())
     return Cell(tuple(values))
 
 

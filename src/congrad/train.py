@@ -211,8 +211,8 @@ def train_round(
     accelerator = Accelerator(mixed_precision=train.mixed_precision)
     if schedule is None:
         schedule = language_schedule(pairs, train.batch_size, seed)
-    for batch in schedule:
-        if not batch or len({pairs[i].lang for i in batch}) != 1:
+    for planned in schedule:
+        if not planned or len({pairs[i].lang for i in planned}) != 1:
             raise ValueError("every minibatch of the schedule must hold pairs of one language")
     accumulation = train.gradient_accumulation_steps
     total_steps = math.ceil(len(schedule) / accumulation)
