@@ -103,6 +103,9 @@ def test_every_field_is_documented_in_code_and_readme():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for key in _valid_keys():
         section, _, name = key.rpartition(".")
-        model = RunConfig if not section else type(getattr(RunConfig(), section))
+        node: object = RunConfig()
+        for part in section.split(".") if section else ():
+            node = getattr(node, part)
+        model = type(node)
         assert model.model_fields[name].description, f"{key} has no docstring"
         assert f"`{key}`" in readme, f"README's config reference lacks {key}"

@@ -168,3 +168,21 @@ def test_selection_keeps_ceil_rho_n_per_language(langs, rho, seed, strategy):
         pairs, strategy_scores(pairs, strategy, seed=seed, congrad_cosines=cosines), strategy, rho
     )
     assert again == selection
+
+
+def test_rand_draw_follows_filter_seed_and_defaults_to_the_run_seed():
+    from congrad.config import load_config
+    from congrad.filtering import filter_pairs
+
+    pairs = [PreferencePair(f"p{i}", "en", "q", "a", "b") for i in range(40)]
+
+    def kept(*overrides: str) -> set[str]:
+        config = load_config(None, ["filter.strategy=rand", "seed=7", *overrides])
+        result = filter_pairs(
+            pairs, config, Strategy.RAND, load_model=lambda: None, load_ema=lambda m, t: None
+        )
+        return {s.pair_id for s in result.selection if s.kept}
+
+    assert kept() == kept("filter.seed=7")  # unset: the run seed
+    assert kept("filter.seed=1") != kept("filter.seed=2")
+    assert len(kept("filter.seed=1")) == 20

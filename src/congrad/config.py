@@ -167,7 +167,7 @@ class EvalJudgeConfig(_Section):
     model: str | None = None
     """``openai``: the model name at the endpoint; ``hf``: a local folder or hub id."""
     mode: Literal["text", "logprob"] = "logprob"
-    """Local judges: ``text`` writes an analysis ending in ``Verdict: A|B|tie``;
+    """Local judges: ``text`` writes an analysis ending in ``Verdict: A``, ``B`` or ``tie``;
     ``logprob`` reads the verdict from the next-token distribution after ``Verdict:``."""
     base_url: str | None = None
     """``openai``: the endpoint's base URL (unset: the OpenAI API)."""

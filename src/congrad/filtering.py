@@ -68,7 +68,6 @@ def filter_pairs(
         for pair in pairs:  # response lengths in tokens, as the LP-DPO loss counts them
             encoded = encode_pair(tokenizer, pair, config.train.max_length)
             lengths[pair.pair_id] = (encoded.chosen_length, encoded.rejected_length)
-    values = strategy_scores(
-        pairs, strategy, seed=config.seed, congrad_cosines=cosines, lengths=lengths
-    )
+    seed = config.seed if config.filter.seed is None else config.filter.seed
+    values = strategy_scores(pairs, strategy, seed=seed, congrad_cosines=cosines, lengths=lengths)
     return FilterResult(select_pairs(pairs, values, strategy, config.filter.keep_fraction), scores)
