@@ -171,3 +171,11 @@ def test_report_rebuilds_the_same_tables_and_a_rerun_does_nothing(compared):
     assert _compare(folder, server) == 0
     assert len(server.requests) == asked  # no judge call
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*.manifest.json")} == manifests
+
+
+def test_no_written_file_holds_the_api_key(compared):
+    folder, server = compared
+    assert all(r["authorization"] == f"Bearer {SECRET}" for r in server.requests)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path

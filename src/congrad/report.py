@@ -400,7 +400,8 @@ def _stage_table(tables: _Tables, groups: dict[str, list[RunResults]], out: Path
         for run in group:
             for seconds in run.seconds.values():
                 for stage, value in seconds.items():
-                    per_stage.setdefault(stage, []).append(value)
+                    if stage in TIMED_STAGES:  # prompts takes no time worth a column
+                        per_stage.setdefault(stage, []).append(value)
         if per_stage:
             means[strategy] = {s: statistics.fmean(v) for s, v in per_stage.items()}
     reference = sum(means.get("full", {}).values())
