@@ -138,7 +138,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     runner = Runner(config, progress=not args.quiet, log=lambda m: console.print(m))
     rounds = None if args.round is None else [args.round]
     runner.evaluate(rounds)
-    Console(width=max(Console().width, 100)).print(evaluation_table(config.output_dir, rounds))
+    Console(width=max(Console().width, 160)).print(evaluation_table(config.output_dir, rounds))
     return 0
 
 

@@ -447,7 +447,7 @@ def evaluation_table(output_dir: str | Path, rounds: Sequence[int] | None = None
     for t in mcq_rounds:
         table.add_column(f"MC acc. r{t}", justify="right")
     languages = list(dict.fromkeys(lg for t in shown for lg in run.win_rates[t]["languages"]))
-    for key in [*languages, "average", "average_unseen"]:
+    for key in [*languages, "average", "average_unseen"]:  # averages: trained, unseen
         cells = []
         for t in shown:
             summary = run.win_rates[t]
