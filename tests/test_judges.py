@@ -354,3 +354,44 @@ def test_verdict_candidates_decode_to_their_labels(tiny):
 def test_an_unknown_local_mode_is_refused(backend):
     with pytest.raises(JudgeSetupError, match="mode"):
         LocalJudge(backend, name="tiny", mode="pairwise")  # type: ignore[arg-type]
+
+
+class _RecordingBatchedJudge:
+    """A batched judge that records the batches it was asked (as prompt tuples)."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.identity = {"backend": "recording"}
+        self.batch_size = batch_size
+        self.batches: list[tuple[str, ...]] = []
+
+    def complete(self, prompts, on_reply):
+        from congrad.judges import batches_by_length
+
+        replies = {}
+        for batch in batches_by_length(prompts, self.batch_size):
+            self.batches.append(tuple(prompts[i] for i in batch))
+            for i in batch:
+                replies[i] = JudgeReply(f"Verdict: A ({prompts[i]})", parse_verdict("Verdict: A"))
+                on_reply(i, replies[i])
+        return [replies[i] for i in range(len(prompts))]
+
+
+def test_a_resumed_batched_judge_sees_the_uninterrupted_runs_batches(tmp_path):
+    prompts = [f"prompt {'x' * (n % 5)} {n}" for n in range(11)]
+    uninterrupted = _RecordingBatchedJudge(3)
+    judge_prompts(uninterrupted, prompts, VerdictCache(tmp_path / "a.jsonl"))
+    # A crash left some replies cached, one batch only in part.
+    cache = VerdictCache(tmp_path / "b.jsonl")
+    first, second = uninterrupted.batches[0], uninterrupted.batches[1]
+    for prompt in [*first, second[0]]:
+        cache.put(
+            cache_key(uninterrupted.identity, prompt),
+            JudgeReply("cached", parse_verdict("Verdict: B")),
+        )
+    resumed = _RecordingBatchedJudge(3)
+    replies, stats = judge_prompts(resumed, prompts, cache)
+    assert resumed.batches == uninterrupted.batches[1:]  # whole batches, the same ones
+    assert stats.calls == len(prompts) - 4 and stats.cache_hits == 4
+    by_prompt = dict(zip(prompts, replies, strict=True))
+    assert by_prompt[second[0]].raw == "cached"  # a cached reply is kept, not replaced
+    assert len(VerdictCache(tmp_path / "b.jsonl")) == len(prompts)

@@ -228,3 +228,21 @@ def test_missing_model_is_refused_before_any_stage(tmp_path, capsys):
     assert code == 2
     assert "/no/such/model" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_summary_leaves_out_what_a_stale_stage_wrote(smoke_run, tmp_path):
+    import shutil
+
+    from congrad.config import load_config
+    from congrad.summary import build_summary
+
+    folder = tmp_path / "copy"
+    shutil.copytree(smoke_run, folder)
+    config = load_config(folder / "config.yaml", [f"output_dir={folder}"])
+    fresh = build_summary(config).to_dict()
+    assert all(row["loss"] is not None for row in fresh["rows"])
+    (folder / "round_2" / "filter.manifest.json").unlink()  # round 2's filter must rerun
+    stale = build_summary(config).to_dict()["rows"]
+    round_two = [row for row in stale if row["round"] == 2]
+    assert round_two and all(row["loss"] is None and row["kept"] == 0 for row in round_two)
+    assert [r for r in stale if r["round"] == 1] == [r for r in fresh["rows"] if r["round"] == 1]

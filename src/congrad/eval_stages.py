@@ -83,17 +83,24 @@ def run_answers(runner: Runner, round_index: int) -> dict[str, Any]:
     prompts = load_eval_prompts(config)
     log = _partial(runner, round_index, "answers")
     done = {row["prompt_id"] for row in log.done}
-    todo = [p for p in prompts if p.prompt_id not in done]
     # _backend(t) serves round t's starting weights M_{t-1}: here M_t is wanted.
     backend = _backend(runner, round_index + 1, evaluate.batch_size)
     params = SamplingParams(evaluate.max_new_tokens, evaluate.temperature, 1.0)
-    starts: Any = range(0, len(todo), evaluate.batch_size)
+    # Batches are cut from ALL the prompts, not from those left after a crash: a padded
+    # batch's logits depend on its neighbours in the last bits, so only the uninterrupted
+    # run's batches surely give its answers. A batch logged whole is skipped; a partly
+    # logged one (a crash mid-append) is answered whole and only its missing rows logged.
+    starts: Any = [
+        start
+        for start in range(0, len(prompts), evaluate.batch_size)
+        if any(p.prompt_id not in done for p in prompts[start : start + evaluate.batch_size])
+    ]
     if runner.progress:
         from rich.progress import track
 
         starts = track(starts, description=f"round {round_index}: evaluation answers")
     for start in starts:
-        batch = todo[start : start + evaluate.batch_size]
+        batch = prompts[start : start + evaluate.batch_size]
         seeds = [stable_seed("evaluate", config.seed, p.prompt_id) for p in batch]
         texts = [backend.chat_prompt(p.prompt) for p in batch]
         generations = backend.generate(texts, params, seeds)
@@ -107,6 +114,7 @@ def run_answers(runner: Runner, round_index: int) -> dict[str, Any]:
                 "finished": g.finished,
             }
             for p, g in zip(batch, generations, strict=True)
+            if p.prompt_id not in done
         )
     wanted = {p.prompt_id for p in prompts}
     rows = sorted(

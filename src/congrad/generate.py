@@ -5,9 +5,11 @@ and :class:`~congrad.config.GenerateConfig`. Out: one
 :class:`~congrad.records.Completion` per prompt and sample, id ``<prompt_id>#<i>``.
 
 Each sample's seed is derived from the run seed, the round, the prompt id and the sample
-index (hashlib), so a record's response does not depend on batching or on which records
-were already done when a run resumed. Completions are handed to ``on_done`` chunk by
-chunk, so the caller can log them and resume an interrupted stage where it stopped.
+index (hashlib), so a record's random draws do not depend on batching. Completions are
+handed to ``on_done`` chunk by chunk, so the caller can log them and resume an
+interrupted stage where it stopped. The chunks (one backend batch each) are cut from the
+full request list, never from what is left of it: a resumed run batches every record with
+the same neighbours as an uninterrupted one, so it writes the same bytes.
 """
 
 from __future__ import annotations
@@ -38,18 +40,25 @@ def generate_completions(
 ) -> list[Completion]:
     """Sample ``config.num_samples`` responses for every prompt not in ``skip``.
 
-    ``skip`` holds completion ids already generated (a resumed run); they are neither
-    generated again nor returned. Returns the new completions in prompt order.
+    ``skip`` holds completion ids already generated (a resumed run); they are not
+    returned. Returns the new completions in prompt order.
     """
-    requests = [
-        (prompt, index)
-        for prompt in prompts
-        for index in range(config.num_samples)
-        if completion_id(prompt.prompt_id, index) not in skip
-    ]
+    requests = [(prompt, index) for prompt in prompts for index in range(config.num_samples)]
     params = SamplingParams(config.max_new_tokens, config.temperature, config.top_p)
     chunk = max(config.batch_size, 1)
-    starts: Any = range(0, len(requests), chunk)
+    # Why chunks of the FULL list: a padded batch's floats depend on its neighbours (left
+    # padding changes the attention shapes), so batching only the records left after a
+    # crash could sample a different token and a resumed run would differ from an
+    # uninterrupted one. A chunk wholly in ``skip`` is skipped; a partly done one (a crash
+    # mid-append) is generated whole, and only its missing records are handed on.
+    starts: Any = [
+        start
+        for start in range(0, len(requests), chunk)
+        if any(
+            completion_id(prompt.prompt_id, index) not in skip
+            for prompt, index in requests[start : start + chunk]
+        )
+    ]
     if progress:
         from rich.progress import track
 
@@ -75,6 +84,7 @@ def generate_completions(
                 finished=generation.finished,
             )
             for (prompt, index), generation in zip(batch, generations, strict=True)
+            if completion_id(prompt.prompt_id, index) not in skip
         ]
         if on_done is not None:
             on_done(done)

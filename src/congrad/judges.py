@@ -71,6 +71,12 @@ class PairwiseJudge(Protocol):
     identity: dict[str, Any]
     """Everything that determines the replies, hashed into the cache key; never secrets."""
 
+    @property
+    def batch_size(self) -> int | None:
+        """Prompts that share one forward (a local model: padding makes their floats depend on
+        each other in the last bits), or None when every prompt is answered on its own."""
+        ...
+
     def complete(self, prompts: Sequence[str], on_reply: OnReply) -> list[JudgeReply]:
         """One reply per prompt, in input order; ``on_reply(index, reply)`` is called from
         the calling thread as each reply arrives."""
@@ -125,6 +131,7 @@ class OpenAIJudge:
         )
         self.base_url = str(self._client.base_url).rstrip("/")  # None: OPENAI_BASE_URL or OpenAI
         self.model, self.temperature, self.max_tokens = model, temperature, max_tokens
+        self.batch_size: int | None = None  # each request stands alone
         self.max_concurrency, self.max_retries = max_concurrency, max_retries
         self.identity: dict[str, Any] = {
             "backend": "openai",
@@ -239,10 +246,8 @@ class LocalJudge:
 
     def complete(self, prompts: Sequence[str], on_reply: OnReply) -> list[JudgeReply]:
         ask = self._generate if self.mode == "text" else self._read_logprobs
-        order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))  # less padding
         replies: dict[int, JudgeReply] = {}
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
+        for batch in batches_by_length(prompts, self.batch_size):
             for index, reply in zip(batch, ask([prompts[i] for i in batch]), strict=True):
                 replies[index] = reply
                 on_reply(index, reply)
@@ -268,6 +273,16 @@ class LocalJudge:
             verdict, probabilities = read_verdict_logprobs(labels, row, min_mass=self.min_mass)
             replies.append(JudgeReply(render_probabilities(probabilities), verdict))
         return replies
+
+
+def batches_by_length(prompts: Sequence[str], batch_size: int) -> list[list[int]]:
+    """Indices of ``prompts`` sorted by length (less padding), cut into batches.
+
+    >>> batches_by_length(["ccc", "a", "bb"], 2)
+    [[1, 2], [0]]
+    """
+    order = sorted(range(len(prompts)), key=lambda index: (len(prompts[index]), index))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def cache_key(identity: dict[str, Any], prompt: str) -> str:
@@ -355,13 +370,29 @@ def judge_prompts(
                 answered[prompt] = hit
     missing = [prompt for prompt in unique if prompt not in answered]
     stats = JudgeStats(calls=len(missing), cache_hits=len(unique) - len(missing))
+    if missing and judge.batch_size is not None:
+        # A batched judge gets whole batches cut from ALL the prompts, as an uninterrupted
+        # run would batch them, so a resumed run's floats (and verdicts) are the same; a
+        # batch partly cached (a crash between two of its replies) is asked whole again.
+        # Only the missing prompts' replies are cached and counted as calls.
+        wanted = set(missing)
+        missing = [
+            unique[index]
+            for batch in batches_by_length(unique, judge.batch_size)
+            if any(unique[index] in wanted for index in batch)
+            for index in batch
+        ]
     if missing:
-        with _progress_bar(progress, len(missing)) as advance:
+        with _progress_bar(progress, stats.calls) as advance:
 
             def on_reply(index: int, reply: JudgeReply) -> None:
-                if cache is not None:
-                    cache.put(keys[missing[index]], reply)
-                advance()
+                prompt = missing[index]
+                if prompt not in answered:
+                    if cache is not None:
+                        cache.put(keys[prompt], reply)
+                    advance()
 
-            answered.update(zip(missing, judge.complete(missing, on_reply), strict=True))
+            replies = judge.complete(missing, on_reply)
+            for prompt, reply in zip(missing, replies, strict=True):
+                answered.setdefault(prompt, reply)  # a cached reply stays as it was
     return [answered[prompt] for prompt in prompts], stats

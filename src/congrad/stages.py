@@ -130,21 +130,26 @@ def run_judge(runner: Runner, round_index: int) -> dict[str, Any]:
     completions = load_completions(runner, round_index)
     log = _partial(runner, round_index, "judge")
     done = {row["completion_id"] for row in log.done}
-    todo = [c for c in completions if c.completion_id not in done]
     backend = _backend(runner, round_index, config.judge.batch_size)
     chunk = 4 * config.judge.batch_size  # logged chunk by chunk, so a crash loses little
-    for start in range(0, len(todo), chunk):
+    # Chunks are cut from ALL the completions, not from those left after a crash: the
+    # judge batches a chunk by prompt length, and a padded batch's log-probs depend on
+    # its neighbours in the last bits, so only the uninterrupted run's chunks give its
+    # exact scores. A chunk logged whole is skipped; a partly logged one (a crash
+    # mid-append) is judged whole again and only its missing judgments are appended.
+    for start in range(0, len(completions), chunk):
+        group = completions[start : start + chunk]
+        if all(c.completion_id in done for c in group):
+            continue
         judged = judge_completions(
             backend,
-            todo[start : start + chunk],
+            group,
             config=config.judge,
             seed=stable_seed("judge", config.seed, round_index),
             progress=False,
         )
-        log.append(j.to_dict() for j in judged)
-        runner.log(
-            f"round {round_index}: judged {len(done) + start + len(judged)}/{len(completions)}"
-        )
+        log.append(j.to_dict() for j in judged if j.completion_id not in done)
+        runner.log(f"round {round_index}: judged {len(log.done)}/{len(completions)}")
     order = {c.completion_id: i for i, c in enumerate(completions)}
     rows = sorted(log.done, key=lambda row: order[row["completion_id"]])
     write_jsonl(runner.folder(round_index) / "judgments.jsonl", rows)
@@ -166,6 +171,13 @@ def run_pairs(runner: Runner, round_index: int) -> dict[str, Any]:
     for d in dropped:
         reasons.setdefault(d.reason, {}).setdefault(d.lang, 0)
         reasons[d.reason][d.lang] += 1
+    for lang in sorted({d.lang for d in dropped} - {p.lang for p in pairs}):
+        lost = ", ".join(f"{n} {reason}" for reason, by in reasons.items() if (n := by.get(lang)))
+        runner.log(
+            f"warning: round {round_index}: language {lang} has no preference pairs (prompts "
+            f"dropped: {lost}; see dropped.jsonl); it sits out this round's training and the "
+            "gradient consensus built from it"
+        )
     return {"counts": _per_lang(pairs), "dropped": reasons}
 
 
@@ -200,10 +212,14 @@ def run_filter(runner: Runner, round_index: int) -> dict[str, Any]:
 
 
 def run_train(runner: Runner, round_index: int) -> dict[str, Any]:
+    from congrad.atomic import remove_stale_temporaries
     from congrad.train import save_round_model, train_round
 
     config = runner.config
     folder = runner.folder(round_index)
+    # A run killed while saving leaves a model-sized staging folder (.model.<pid>.*.tmp)
+    # that no cleanup ran for: remove it, so crashes cost no disk and leave no stray files.
+    remove_stale_temporaries(folder / "model")
     kept_ids = {row["pair_id"] for row in read_jsonl(folder / "selection.jsonl") if row["kept"]}
     pairs = [p for p in load_pairs(runner, round_index) if p.pair_id in kept_ids]
     if not pairs:

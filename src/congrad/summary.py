@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from congrad.artifacts import read_jsonl, read_manifest, round_dir
@@ -71,26 +72,34 @@ def _count(rows: list[dict[str, Any]], lang: str, **match: Any) -> int:
     )
 
 
-def _rows(folder: Any, name: str) -> list[dict[str, Any]]:
+def _rows(folder: Path, name: str, current: bool) -> list[dict[str, Any]]:
     path = folder / name
-    return read_jsonl(path) if path.exists() else []
+    return read_jsonl(path) if current and path.exists() else []
 
 
 def build_summary(config: RunConfig) -> RunSummary:
     """Collect the table from whatever stages of each round have completed."""
+    from congrad.loop import STAGES, Runner
+
+    runner = Runner(config, progress=False, log=lambda message: None)
     rows = []
     for round_index in range(1, config.rounds + 1):
         folder = round_dir(config.output_dir, round_index)
         if read_manifest(folder, "prompts") is None:
             break
-        prompts = _rows(folder, "prompts.jsonl")
-        completions = _rows(folder, "completions.jsonl")
-        judgments = _rows(folder, "judgments.jsonl")
-        dropped = _rows(folder, "dropped.jsonl")
-        pairs = {r["pair_id"]: r for r in _rows(folder, "pairs.jsonl")}
-        kept = [pairs[s["pair_id"]] for s in _rows(folder, "selection.jsonl") if s["kept"]]
-        train = read_manifest(folder, "train") or {}
-        losses = train.get("loss_by_lang", {})
+
+        # A stage whose inputs changed since it ran (or that failed on a rerun) is stale.
+        complete = {stage: runner.is_complete(stage, round_index) for stage in STAGES}
+
+        prompts = _rows(folder, "prompts.jsonl", complete["prompts"])
+        completions = _rows(folder, "completions.jsonl", complete["generate"])
+        judgments = _rows(folder, "judgments.jsonl", complete["judge"])
+        dropped = _rows(folder, "dropped.jsonl", complete["pairs"])
+        pairs = {r["pair_id"]: r for r in _rows(folder, "pairs.jsonl", complete["pairs"])}
+        selection = _rows(folder, "selection.jsonl", complete["filter"])
+        kept = [pairs[s["pair_id"]] for s in selection if s["kept"]]
+        train = read_manifest(folder, "train") if complete["train"] else None
+        losses = (train or {}).get("loss_by_lang", {})
         for lang in sorted({p["lang"] for p in prompts}):
             margins = [
                 p["chosen_score"] - p["rejected_score"]

@@ -285,6 +285,12 @@ def save_round_model(model: Any, tokenizer: Any, folder: str | os.PathLike[str])
     staging = target.with_name(f".{target.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     retired = staging.with_suffix(".old")
     staging.mkdir(parents=True)
+    # transformers' from_pretrained records how a tokenizer was loaded ("is_local",
+    # "local_files_only") and save_pretrained writes it out: a run resumed in a fresh
+    # process, which reloads M_{t-1} from its folder, would save other bytes than an
+    # uninterrupted one that kept it in memory. How it was loaded is no part of the model.
+    for key in ("is_local", "local_files_only"):
+        getattr(tokenizer, "init_kwargs", {}).pop(key, None)
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
