@@ -109,3 +109,8 @@ def test_every_field_is_documented_in_code_and_readme():
         model = type(node)
         assert model.model_fields[name].description, f"{key} has no docstring"
         assert f"`{key}`" in readme, f"README's config reference lacks {key}"
+
+
+def test_a_misspelt_section_suggests_the_section():
+    with pytest.raises(ConfigError, match="did you mean 'train'"):
+        load_config(None, ["trian.learning_rate=1e-6"])

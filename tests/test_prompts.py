@@ -31,14 +31,14 @@ ROWS = [
     {"id": "a-2", "lang": "de", "prompt": "Zwei Zeilen:\nerste, zweite."},
     {"id": "a-3", "lang": "zh", "prompt": "为什么天空是蓝色的？"},
     {"id": "a-4", "lang": "ar", "prompt": "ما هي عاصمة المغرب؟"},
-    {"id": "a-5", "lang": " xx-Custom ", "prompt": "  Any language code is accepted.  "},
+    {"id": "a-5", "lang": " zh-Hant-TW ", "prompt": "  A tag with script and region.  "},
 ]
 EXPECTED = [
     PromptRecord("a-1", "en", 'Say "hi", then stop.'),
     PromptRecord("a-2", "de", "Zwei Zeilen:\nerste, zweite."),
     PromptRecord("a-3", "zh", "为什么天空是蓝色的？"),
     PromptRecord("a-4", "ar", "ما هي عاصمة المغرب؟"),
-    PromptRecord("a-5", "xx-Custom", "Any language code is accepted."),
+    PromptRecord("a-5", "zh-Hant-TW", "A tag with script and region."),
 ]
 
 

@@ -292,12 +292,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    from congrad.atomic import DISK_FULL
     from congrad.errors import USER_ERRORS
 
     try:
         return int(args.handler(args))
     except USER_ERRORS as error:
         print(f"congrad: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.errno not in DISK_FULL:
+            raise  # not the user's to fix: keep the traceback
+        where = f" while writing {error.filename}" if error.filename else ""
+        print(
+            f"congrad: the disk is full ({error.strerror}){where}; free some space on it and "
+            "rerun the same command (finished stages are kept)",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -18,12 +18,15 @@ paper's 10 languages, 2 rounds of 2 prompts per language, logprob judging; sized
 from __future__ import annotations
 
 import difflib
+import reprlib
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from congrad.languages import check_language_code
 
 PAPER_LANGUAGES = ["en", "de", "fr", "es", "it", "pt", "zh", "ja", "ko", "ar"]
 
@@ -58,6 +61,13 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
+def _check_languages(codes: list[str] | None) -> None:
+    """Raise a ValueError naming every invalid code (congrad.languages) of a language list."""
+    problems = [problem for code in codes or [] if (problem := check_language_code(code))]
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
 class ModelConfig(_Section):
     name_or_path: str = "smollm2"
     """A local model folder, a hub id, ``smollm2`` (SmolLM2-135M-Instruct from its PyPI
@@ -76,6 +86,12 @@ class PromptsConfig(_Section):
     """Languages to align; each needs ``rounds * per_round`` prompts."""
     per_round: int = Field(2, ge=1)
     """Prompts per language per round (disjoint across rounds)."""
+
+    @field_validator("languages")
+    @classmethod
+    def _known_languages(cls, value: list[str]) -> list[str]:
+        _check_languages(value)
+        return value
 
 
 class GenerateConfig(_Section):
@@ -245,6 +261,12 @@ class EvaluateConfig(_Section):
     judge: EvalJudgeConfig = EvalJudgeConfig()
     mcq: MCQConfig = MCQConfig()
 
+    @field_validator("languages", "unseen_languages")
+    @classmethod
+    def _known_languages(cls, value: list[str] | None) -> list[str] | None:
+        _check_languages(value)
+        return value
+
     def eval_languages(self, trained: list[str]) -> list[str]:
         """The languages evaluated, trained ones first."""
         if self.languages is not None:
@@ -290,7 +312,10 @@ def _valid_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[st
 
 
 def _suggest(key: str) -> str:
-    close = difflib.get_close_matches(key, _valid_keys(), n=1, cutoff=0.5)
+    keys = _valid_keys()
+    sections = {k.rsplit(".", 1)[0] for k in keys if "." in k}  # "trian" means "train"
+    candidates = keys if "." in key else [*keys, *sorted(sections)]
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
@@ -315,6 +340,15 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as error:
         raise ConfigError(f"override {key}: cannot parse value {raw!r}: {error}") from None
+    except RecursionError:  # "[[[[..." nested deeper than Python's stack
+        raise ConfigError(
+            f"override {key}: value {reprlib.repr(raw)} is nested too deeply; write a flat value"
+        ) from None
+    except ValueError as error:  # a date such as 2024-02-30, an integer past 4300 digits
+        raise ConfigError(
+            f"override {key}: cannot read value {reprlib.repr(raw)} ({error}); "
+            "quote it to pass it as text, or write a smaller number or a real date"
+        ) from None
     return key, value
 
 
@@ -330,7 +364,11 @@ def _format_errors(error: ValidationError, source: str) -> str:
             lines.append(f"  {key or 'config'}: {item['msg'].removeprefix('Value error, ')}")
         else:
             message = item["msg"].removeprefix("Value error, ")
-            lines.append(f"  {key}: {message} (got {item.get('input')!r})")
+            try:
+                got = repr(item.get("input"))
+            except ValueError:  # an integer past 4300 digits (YAML reads 0xfff... as one)
+                got = "a number too large to print"
+            lines.append(f"  {key}: {message} (got {got})")
     return f"invalid config ({source}):\n" + "\n".join(lines)
 
 
@@ -341,11 +379,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         source = str(path)
         try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            raw = Path(path).read_bytes()
         except OSError as error:
             raise ConfigError(f"cannot read config {path}: {error.strerror}") from None
+        try:
+            loaded = yaml.safe_load(raw.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            line = raw.count(b"\n", 0, error.start) + 1
+            raise ConfigError(f"{path}, line {line}: not valid UTF-8; save it as UTF-8") from None
         except yaml.YAMLError as error:
             raise ConfigError(f"{path} is not valid YAML: {error}") from None
+        except RecursionError:  # "[[[[..." nested deeper than Python's stack
+            raise ConfigError(f"{path}: a value is nested too deeply; flatten it") from None
+        except ValueError as error:  # a date such as 2024-02-30, an integer past 4300 digits
+            raise ConfigError(
+                f"{path}: cannot read a value ({error}); quote it to pass it as text, "
+                "or write a smaller number or a real date"
+            ) from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(
                 f"{path} must hold a mapping of sections, not {type(loaded).__name__}"
@@ -357,9 +407,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if overrides:
         source += " + overrides"
     try:
-        return RunConfig.model_validate(data)
+        config = RunConfig.model_validate(data)
     except ValidationError as error:
         raise ConfigError(_format_errors(error, source)) from None
+    # An integer field past 64 bits validates, but torch cannot take it as a seed and past
+    # 4300 digits it cannot even be written into the run folder's config.yaml.
+    pending: list[tuple[str, Any]] = [("", config.model_dump())]
+    while pending:
+        key, value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend((f"{key}.{name}".lstrip("."), item) for name, item in value.items())
+        elif isinstance(value, int) and not -(2**63) <= value < 2**63:
+            raise ConfigError(
+                f"invalid config ({source}):\n  {key}: a {value.bit_length()}-bit integer is "
+                "out of range; use a value between -2**63 and 2**63 - 1"
+            )
+    return config
 
 
 def config_to_yaml(config: RunConfig) -> str:

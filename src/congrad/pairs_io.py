@@ -10,9 +10,10 @@ A row without ``id`` gets a stable ``pair_id`` derived from its texts
 (:func:`derive_pair_id`), never from its position. Prompts and language codes are stripped
 of surrounding whitespace, as in :mod:`congrad.prompts`; responses are kept verbatim, since
 they are what the policy is trained to produce. Rejected, with a :class:`PairDataError`
-naming the file, line or row, and field: a blank text, a row whose chosen and rejected
-responses are the same text (it carries no preference), a score given for one response but
-not the other, and an id used twice.
+naming the file, line or row, and field: a blank text, a ``lang`` that is not a language
+code (:mod:`congrad.languages`), a row whose chosen and rejected responses are the same
+text (it carries no preference), a score given for one response but not the other, and an
+id used twice.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from congrad.languages import check_language_code
 from congrad.records import PreferencePair
 from congrad.tables import DataError, optional_number, read_rows, reraise_as, text_field
 
@@ -85,6 +87,8 @@ def _to_pair(row: Mapping[Any, Any], where: str) -> tuple[PreferencePair, str]:
     chosen = text_field(row, "chosen", where)
     rejected = text_field(row, "rejected", where)
     lang = text_field(row, "lang", where).strip()
+    if problem := check_language_code(lang):
+        raise PairDataError(f"{where}, field 'lang': {problem}")
     if chosen.strip() == rejected.strip():
         raise PairDataError(
             f"{where}: fields 'chosen' and 'rejected' are the same text, so the pair carries "

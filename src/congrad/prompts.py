@@ -8,7 +8,8 @@ Out: :class:`~congrad.records.PromptRecord` lists in file order, and
 :func:`partition_rounds`, which gives each self-rewarding round (DESIGN.md section 2) its own
 disjoint slice of every language's prompts.
 
-Any language code is accepted. A row without ``id`` gets one derived from its text
+A ``lang`` must be an ISO 639-1 code or a tag built on one (``pt-BR``; see
+:mod:`congrad.languages`). A row without ``id`` gets one derived from its text
 (:func:`derive_prompt_id`), so ids are stable across runs and never depend on row order.
 Bad input raises :class:`PromptDataError` naming the file, line or row, and field (the
 reading and its checks are :mod:`congrad.tables`).
@@ -23,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
+from congrad.languages import check_language_code
 from congrad.records import PromptRecord
 from congrad.tables import DataError, Rows, jsonl_rows, read_rows, reraise_as, text_field
 
@@ -162,6 +164,8 @@ def _to_records(rows: Rows, seen: dict[str, str]) -> list[PromptRecord]:
     for where, row in rows:
         prompt = text_field(row, "prompt", where).strip()
         lang = text_field(row, "lang", where).strip()
+        if problem := check_language_code(lang):
+            raise PromptDataError(f"{where}, field 'lang': {problem}")
         if "id" in row:
             prompt_id = text_field(row, "id", where, "or drop the id column").strip()
             what = f"id {prompt_id!r}"
