@@ -444,7 +444,7 @@ def _choices(row: Row, where: str) -> tuple[str, ...]:
     if isinstance(value, str):  # a CSV cell holds a JSON array
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, a 5000-digit number, "[[[[..."
             value = None
     if not isinstance(value, list | tuple) or not 2 <= len(value) <= len(LETTERS):
         raise MCQDataError(
@@ -459,9 +459,12 @@ def _answer(row: Row, where: str, count: int) -> int:
     value = row["answer"]
     text = value.strip() if isinstance(value, str) else value
     index = -1
-    if isinstance(text, str) and len(text) == 1 and text.isalpha():
+    # ASCII letters only: "ı".upper() is "I" and "ſ".upper() is "S". Decimal digits of any
+    # script ("٣", "３"), not "²", which int() rejects; at most 5, as an index is below 26
+    # and int() refuses more than 4300 digits.
+    if isinstance(text, str) and len(text) == 1 and text.isascii() and text.isalpha():
         index = LETTERS.find(text.upper())
-    elif isinstance(text, str) and text.isdigit():
+    elif isinstance(text, str) and text.isdecimal() and len(text) <= 5:
         index = int(text)
     elif isinstance(text, int) and not isinstance(text, bool):
         index = text

@@ -76,8 +76,9 @@ def jsonl_rows(text: str, source: str, *, columns: Sequence[str], required: Sequ
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
+            problem = exc.msg.removesuffix(" at")  # "Unterminated string starting at"
             raise DataError(
-                f"{source}, line {number}: malformed JSON ({exc.msg} at column {exc.colno}); "
+                f"{source}, line {number}: malformed JSON ({problem} at column {exc.colno}); "
                 f"each line must be one object such as {schema.example}."
             ) from exc
         except (ValueError, RecursionError) as exc:  # a 5000-digit number, nesting too deep
@@ -229,15 +230,50 @@ def _dataset_rows(path: Path, schema: _Schema) -> Rows:
         import datasets
     except ImportError as exc:
         raise ImportError(f"reading {path} needs datasets: pip install datasets") from exc
+    _check_dataset_metadata(path)
     try:
         loaded = datasets.load_from_disk(str(path))
-    except FileNotFoundError as exc:
+    except (OSError, ValueError) as exc:  # no such folder or file; a damaged .arrow file
         raise DataError(f"{path}: not a folder from datasets' save_to_disk ({exc})") from exc
     if isinstance(loaded, datasets.DatasetDict):
         splits = ", ".join(str(path / name) for name in loaded)
         raise DataError(f"{path}: holds several splits; pass one of: {splits}")
     names = loaded.column_names
     return _numbered_rows(path, names, schema, lambda c: loaded.select_columns(c).to_list())
+
+
+def _check_dataset_metadata(path: Path) -> None:
+    """Reject a damaged ``save_to_disk`` folder, whose JSON files ``datasets`` reads
+    unchecked (it then fails with KeyError, TypeError or AttributeError); a folder of
+    splits is named as such without loading them, as :func:`_dataset_rows` refuses it."""
+    damaged = "the folder is damaged; write it again with save_to_disk"
+    if (path / "state.json").is_file() and (path / "dataset_info.json").is_file():  # a Dataset
+        _json_object(path / "dataset_info.json", damaged)
+        files = _json_object(path / "state.json", damaged).get("_data_files")
+        files = files if isinstance(files, list) else []
+        if not files or not all(
+            isinstance(f, dict) and isinstance(f.get("filename"), str) for f in files
+        ):
+            raise DataError(f"{path / 'state.json'}: '_data_files' lists no data files; {damaged}")
+    elif (path / "dataset_dict.json").is_file():
+        splits = _json_object(path / "dataset_dict.json", damaged).get("splits")
+        if not isinstance(splits, list) or not all(isinstance(split, str) for split in splits):
+            raise DataError(
+                f"{path / 'dataset_dict.json'}: 'splits' is not a list of names; {damaged}"
+            )
+        raise DataError(
+            f"{path}: holds several splits; pass one of: {', '.join(str(path / s) for s in splits)}"
+        )
+
+
+def _json_object(file: Path, damaged: str) -> dict[str, Any]:
+    try:
+        value = json.loads(file.read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:  # unreadable, not UTF-8, not JSON
+        raise DataError(f"{file}: not readable JSON ({exc}); {damaged}") from exc
+    if not isinstance(value, dict):
+        raise DataError(f"{file}: holds {type(value).__name__}, not a JSON object; {damaged}")
+    return value
 
 
 def _numbered_rows(
