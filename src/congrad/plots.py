@@ -135,18 +135,9 @@ def plot_keep_sweep(
     title: str,
 ) -> Path:
     """One line per strategy of ``(keep_fraction, win_rate)``."""
-    figure, axes = _figure()
-    if not any(series.values()):
-        _no_data(axes)
-        return _save(figure, path, title)
-    for strategy, points in series.items():
-        fractions, rates = zip(*sorted(points), strict=True) if points else ((), ())
-        axes.plot(fractions, rates, marker="o", label=strategy)
-    axes.axhline(0.5, color="grey", linestyle="--", linewidth=1)
-    _percent_axis(axes, "win rate over seed model")
-    axes.set_xlabel("keep fraction")
-    _legend(axes)
-    return _save(figure, path, title)
+    return _lines(
+        series, path, title, x_label="keep fraction", y_label="win rate over seed model", even=0.5
+    )
 
 
 def plot_accuracy_by_round(
@@ -156,10 +147,35 @@ def plot_accuracy_by_round(
     title: str,
 ) -> Path:
     """One line per strategy of ``(round, accuracy)``, accuracy in [0, 1] shown as percent."""
+    return _lines(series, path, title, x_label="round", y_label="accuracy", integer_x=True)
+
+
+def _lines(
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    path: str | os.PathLike[str],
+    title: str,
+    *,
+    x_label: str,
+    y_label: str,
+    even: float | None = None,
+    integer_x: bool = False,
+) -> Path:
+    """One line per strategy of ``(x, share)``; a dashed line at ``even`` (a win rate's 50%)."""
     figure, axes = _figure()
     if not any(series.values()):
         _no_data(axes)
         return _save(figure, path, title)
+    for strategy, points in series.items():
+        xs, ys = zip(*sorted(points), strict=True) if points else ((), ())
+        axes.plot(xs, ys, marker="o", label=strategy)
+    if even is not None:
+        axes.axhline(even, color="grey", linestyle="--", linewidth=1)
+    _percent_axis(axes, y_label)
+    axes.set_xlabel(x_label)
+    if integer_x:
+        _integer_x(axes)
+    _legend(axes)
+    return _save(figure, path, title)
     for strategy, points in series.items():
         rounds, accuracies = zip(*sorted(points), strict=True) if points else ((), ())
         axes.plot(rounds, accuracies, marker="o", label=strategy)
