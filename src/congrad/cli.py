@@ -55,6 +55,54 @@ def _inspect_ema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from congrad.planning import (
+        DEFAULTS,
+        DTYPE_BYTES,
+        GB,
+        GIB,
+        memory_plan,
+        plan_notes,
+        plan_table,
+        read_model_config,
+        settings_from_config,
+    )
+
+    settings: dict[str, Any] = {"model": None, **DEFAULTS}
+    if args.config or args.overrides:
+        from congrad.config import load_config
+
+        settings.update(settings_from_config(load_config(args.config, list(args.overrides))))
+    flags = ("model", "rank", "languages", "batch_size", "max_length", "dtype")
+    settings.update({k: getattr(args, k) for k in flags if getattr(args, k) is not None})
+    if settings["model"] is None:
+        print("congrad: plan needs --model PATH_OR_ID or --config FILE", file=sys.stderr)
+        return 2
+    model_config, source = read_model_config(settings["model"])
+    dtype_bytes = DTYPE_BYTES[settings["dtype"]]
+    plan = memory_plan(
+        model_config,
+        rank=settings["rank"],
+        languages=settings["languages"],
+        batch_size=settings["batch_size"],
+        max_length=settings["max_length"],
+        dtype_bytes=dtype_bytes,
+        activation_bytes=settings.get("activation_bytes", dtype_bytes),
+    )
+    Console(width=max(Console().width, 120)).print(plan_table(plan, source))
+    for note in [*settings.get("notes", []), *plan_notes(plan)]:
+        print(f"note: {note}")
+    ema = plan.ema_bytes
+    print(
+        f"gradient EMA total: {ema / GB:.2f} GB ({ema / GIB:.2f} GiB, {ema:,} bytes) for "
+        f"{plan.languages} languages at rank {plan.rank}; training total "
+        f"{plan.training_bytes / GB:.1f} GB"
+    )
+    return 0
+
+
 def _load(args: argparse.Namespace) -> Any:
     """The validated config, its model checked to exist before any stage runs."""
     from congrad.config import load_config
@@ -283,6 +331,18 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect-ema", help="summarise a saved GradientEMA file")
     inspect.add_argument("path")
     inspect.set_defaults(handler=_inspect_ema)
+
+    plan = commands.add_parser(
+        "plan", help="memory plan (EMA, weights, optimizer, activations) from config.json alone"
+    )
+    _add_config_arguments(plan)
+    plan.add_argument("--model", help="model folder, its config.json, smollm2 or a hub id")
+    plan.add_argument("--rank", type=int, help="EMA rank (default 64)")
+    plan.add_argument("--languages", type=int, help="number of languages (default 10)")
+    plan.add_argument("--batch-size", type=int, help="pairs per minibatch (default 16)")
+    plan.add_argument("--max-length", type=int, help="tokens per sequence (default 1024)")
+    plan.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="weights (default bf16)")
+    plan.set_defaults(handler=_plan)
     return parser
 
 

@@ -13,6 +13,7 @@ from congrad.judges import JudgeSetupError, JudgeUnavailable
 from congrad.loop import StageFailed, StageNotReady
 from congrad.modeling import ModelLoadError
 from congrad.offline_models import OfflineModelError
+from congrad.planning import PlanError
 from congrad.tables import DataError
 
 USER_ERRORS: tuple[type[Exception], ...] = (
@@ -25,5 +26,6 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     StageNotReady,
     ModelLoadError,
     OfflineModelError,
+    PlanError,
     FileNotFoundError,
 )
