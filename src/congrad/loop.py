@@ -5,13 +5,17 @@ per round ``round_<t>/`` with ``prompts.jsonl``, ``completions.jsonl``,
 ``judgments.jsonl``, ``pairs.jsonl`` + ``dropped.jsonl``, ``selection.jsonl`` (+
 ``scores.jsonl`` when gradients were scored), ``model/``, ``ema.safetensors`` and
 ``train_log.jsonl``, each stage closed by its manifest; ``summary.json`` at the end.
+:meth:`Runner.evaluate` adds the evaluation stages (``answers``, ``mcq``, ``verdicts``;
+:mod:`congrad.eval_stages`), with the seed model's in ``round_0/``.
 
 This is the one module that knows the order of the stages (Algorithm 2, reconstructed
 in DESIGN.md section 2). A stage is complete when its manifest carries the expected
 fingerprint: a hash of the config sections it depends on and the output digests of the
 stages it reads. So rerunning skips finished work, an interrupted stage is redone (or
 resumed from its partial log: generate, judge), and a stage downstream of changed data
-reruns. A changed config is refused, naming the keys, unless ``force``.
+reruns. A changed config is refused, naming the keys, unless ``force`` (``evaluate.*``
+keys may change freely). Round 1 keeps every pair whatever the strategy, so its filter
+fingerprint ignores the filter settings and all strategies share one round 1.
 """
 
 from __future__ import annotations
