@@ -209,6 +209,8 @@ def build_report(folder: str | Path) -> Path:
     runs, base = load_results(folder)
     out = folder / "report"
     out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob("*.png"), *out.glob("*.csv")]:  # report/ is ours: rebuilt whole
+        stale.unlink()
     keeps = sorted({r.keep_fraction for r in runs if r.keep_fraction is not None})
     primary = (
         base.filter.keep_fraction if base.filter.keep_fraction in keeps or not keeps else keeps[0]
