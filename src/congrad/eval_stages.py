@@ -212,7 +212,8 @@ def run_verdicts(runner: Runner, round_index: int) -> dict[str, Any]:
     slots, texts = [], []
     for prompt_id, answer in candidate.items():
         for order in ORDERS:
-            first, second = (answer, baseline[prompt_id])[:: 1 if order == ORDERS[0] else -1]
+            mine, theirs = answer, baseline[prompt_id]
+            first, second = (mine, theirs) if order == "candidate_first" else (theirs, mine)
             slots.append((answer, order))
             texts.append(pairwise_prompt(answer["prompt"], first["response"], second["response"]))
     judge = pairwise_judge(runner)
