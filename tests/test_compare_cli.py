@@ -18,7 +18,7 @@ from tests.test_evaluate_cli import KEY_VARIABLE, SECRET, SMOKE, _hand_win_rates
 STRATEGIES = "full,rand,max-congrad,uab,lcl,mono"
 
 
-def _compare(folder: Path, server: FakeOpenAIServer) -> int:
+def _compare(folder: Path, server: FakeOpenAIServer, *extra: str) -> int:
     return main(
         [
             "compare",
@@ -38,6 +38,7 @@ def _compare(folder: Path, server: FakeOpenAIServer) -> int:
             "evaluate.judge.model=fake-judge",
             f"evaluate.judge.base_url={server.base_url}",
             f"evaluate.judge.api_key_env={KEY_VARIABLE}",
+            *extra,
         ]
     )
 
@@ -179,3 +180,11 @@ def test_no_written_file_holds_the_api_key(compared):
     for path in folder.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_a_changed_base_config_is_refused_naming_the_key(compared, capsys):
+    folder, server = compared
+    plan = (folder / "compare.json").read_bytes()
+    assert _compare(folder, server, "train.learning_rate=0.5") == 2
+    assert "train.learning_rate" in capsys.readouterr().err
+    assert (folder / "compare.json").read_bytes() == plan

@@ -33,7 +33,7 @@ from typing import Any
 
 from congrad.artifacts import manifest_path, read_manifest
 from congrad.atomic import write_text_atomic
-from congrad.config import ConfigError, RunConfig, Strategy
+from congrad.config import ConfigError, RunConfig, Strategy, config_changes
 from congrad.loop import OUTPUTS, STAGES, Runner, StageNotReady, prepare_run_dir
 
 SCHEDULE_BASELINES = ("uab", "lcl")
@@ -200,11 +200,22 @@ def _write_plan(root: Path, base: RunConfig, plan: list[PlannedRun], force: bool
     path = root / "compare.json"
     base_data = base.model_dump(mode="json")
     if path.exists() and not force:
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        if previous.get("base_config") != base_data:
+        try:
+            previous = RunConfig.model_validate(
+                json.loads(path.read_text(encoding="utf-8"))["base_config"]
+            )
+        except (KeyError, TypeError, ValueError):  # JSON and validation errors are ValueErrors
             raise ConfigError(
-                f"{root} holds a comparison with another base config; use another "
-                "output_dir, or --force to rerun what the change affects"
+                f"{path} is not a comparison plan congrad can read; use another output_dir, "
+                "or --force to overwrite it"
+            ) from None
+        # As for one run: evaluation settings may change (their stages rerun by fingerprint).
+        changed = [k for k in config_changes(previous, base) if not k.startswith("evaluate.")]
+        if changed:
+            raise ConfigError(
+                f"{root} holds a comparison with another base config (changed: "
+                f"{', '.join(changed)}); use another output_dir, or --force to rerun what "
+                "the change affects"
             )
     root.mkdir(parents=True, exist_ok=True)
     document = {"base_config": base_data, "runs": [p.to_dict() for p in plan]}
