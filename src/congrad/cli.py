@@ -35,6 +35,8 @@ def _fetch_model(args: argparse.Namespace) -> int:
 def _inspect_ema(args: argparse.Namespace) -> int:
     from safetensors import safe_open
 
+    from congrad.planning import factored_bytes
+
     try:
         with safe_open(args.path, framework="pt") as handle:
             raw = (handle.metadata() or {}).get("congrad")
@@ -46,7 +48,7 @@ def _inspect_ema(args: argparse.Namespace) -> int:
         return 1
     header = json.loads(raw)
     shapes = header["tracked"].values()
-    per_language = sum(4 * min(header["rank"], m, n) * (m + n) for m, n in shapes)
+    per_language = sum(factored_bytes(m, n, header["rank"]) for m, n in shapes)
     print(f"rank {header['rank']}, iters {header['iters']}, gamma {header['gamma']}")
     print(f"tracked matrices: {len(header['tracked'])}")
     print(f"bytes per language: {per_language:,}")

@@ -52,6 +52,16 @@ class PlanError(ValueError):
     """A model's config.json cannot be found or read, or lacks a size the plan needs."""
 
 
+def factored_bytes(m: int, n: int, rank: int) -> int:
+    """Bytes of one ``(m, n)`` matrix's fp32 factors ``P (m, r)``, ``Q (n, r)``, with the
+    rank capped at ``min(m, n)`` as :class:`congrad.lowrank.LowRankEMA` caps it.
+
+    >>> factored_bytes(4, 8, 2), factored_bytes(4, 8, 100)
+    (96, 192)
+    """
+    return 4 * min(rank, m, n) * (m + n)
+
+
 @dataclass(frozen=True)
 class MemoryPlan:
     """Bytes of each part of a CONGRAD run (the module docstring gives the formulas)."""
@@ -162,7 +172,7 @@ def memory_plan(
         activation_bytes=activation_bytes,
         parameters=parameters,
         tied_embeddings=tied,
-        ema_bytes_per_language=layers * sum(4 * min(rank, m, n) * (m + n) for _, m, n in tracked),
+        ema_bytes_per_language=layers * sum(factored_bytes(m, n, rank) for _, m, n in tracked),
         dense_ema_bytes_per_language=layers * sum(4 * m * n for _, m, n in tracked),
         weights_bytes=parameters * dtype_bytes,
         gradient_bytes=parameters * dtype_bytes,
