@@ -212,14 +212,10 @@ def run_filter(runner: Runner, round_index: int) -> dict[str, Any]:
 
 
 def run_train(runner: Runner, round_index: int) -> dict[str, Any]:
-    from congrad.atomic import remove_stale_temporaries
     from congrad.train import save_round_model, train_round
 
     config = runner.config
     folder = runner.folder(round_index)
-    # A run killed while saving leaves a model-sized staging folder (.model.<pid>.*.tmp)
-    # that no cleanup ran for: remove it, so crashes cost no disk and leave no stray files.
-    remove_stale_temporaries(folder / "model")
     kept_ids = {row["pair_id"] for row in read_jsonl(folder / "selection.jsonl") if row["kept"]}
     pairs = [p for p in load_pairs(runner, round_index) if p.pair_id in kept_ids]
     if not pairs:

@@ -40,6 +40,7 @@ from rich.progress import track
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from congrad.atomic import remove_stale_temporaries
 from congrad.config import EMAConfig, TrainConfig
 from congrad.encoding import PairBatch, collate_pairs, encode_pair, pad_token_id_of
 from congrad.gradient_ema import GradientEMA
@@ -282,6 +283,9 @@ def save_round_model(model: Any, tokenizer: Any, folder: str | os.PathLike[str])
     renamed into place (an old ``folder`` is renamed aside, then removed): ``folder`` never
     holds a half-written model, only the old complete one, briefly nothing, or the new one."""
     target = Path(folder)
+    # A save killed mid-way leaves a model-sized staging folder (.model.<pid>.*.tmp) that
+    # no cleanup ran for: remove such leftovers, so crashes cost no disk.
+    remove_stale_temporaries(target)
     staging = target.with_name(f".{target.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     retired = staging.with_suffix(".old")
     staging.mkdir(parents=True)
