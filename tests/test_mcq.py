@@ -144,7 +144,7 @@ def test_csv_choices_must_be_a_json_array(tmp_path):
 def test_languages_filter_and_an_absent_language_is_named(tmp_path):
     path = write_jsonl(tmp_path / "q.jsonl", ROWS[:3])
     assert load_mcq_files([path], languages=["zh", "en"]) == [EXPECTED[0], EXPECTED[2]]
-    with pytest.raises(MCQDataError, match=r"q\.jsonl: no questions in language 'ja'.*en \(1\)"):
+    with pytest.raises(MCQDataError, match=r"q\.jsonl: no questions for language 'ja'.*en \(1\)"):
         load_mcq_files([path], languages=["en", "ja"])
     with pytest.raises(TypeError):
         load_mcq_files([path], languages="en")
@@ -419,3 +419,11 @@ def test_records_serialise_to_json():
     assert question.to_dict()["choices"] == list(question.choices)
     result = MCQResult("q", "en", 1, 1, True, (-1.5, -0.5), 2)
     assert result.to_dict()["logprobs"] == [-1.5, -0.5]
+
+
+def test_an_invalid_language_code_names_file_line_and_field(tmp_path):
+    path = tmp_path / "q.jsonl"
+    row = {"question": "2+2?", "choices": ["3", "4"], "answer": "B", "lang": "english"}
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    with pytest.raises(MCQDataError, match=r"q\.jsonl, line 1, field 'lang'.*'en'"):
+        load_mcq_files([path])

@@ -51,9 +51,19 @@ from typing import Any
 import torch
 
 from congrad.encoding import pad_token_id_of
+from congrad.languages import check_language_code
 from congrad.losses import sequence_logps
 from congrad.lowrank import stable_seed
-from congrad.tables import DataError, Row, Rows, jsonl_rows, read_rows, reraise_as, text_field
+from congrad.tables import (
+    DataError,
+    Row,
+    Rows,
+    jsonl_rows,
+    read_rows,
+    reraise_as,
+    select_languages,
+    text_field,
+)
 
 LETTERS = string.ascii_uppercase
 SAMPLE = "sample"  # the name :func:`load_mcq` reads as the built-in file
@@ -378,16 +388,8 @@ def _load(
     if languages is None:
         return questions
     wanted = [lang.strip() for lang in languages]
-    counts = Counter(q.lang for q in questions)
-    absent = [lang for lang in wanted if counts[lang] == 0]
-    if absent:
-        found = ", ".join(f"{lang} ({n})" for lang, n in sorted(counts.items())) or "none"
-        raise MCQDataError(
-            f"{', '.join(map(str, names))}: no questions in language "
-            f"{', '.join(map(repr, absent))}; languages found (question count): {found}. "
-            "Fix the language list or the files' lang column."
-        )
-    return [q for q in questions if q.lang in wanted]
+    with reraise_as(MCQDataError):
+        return select_languages(questions, wanted, ", ".join(map(str, names)), "question")
 
 
 def _to_questions(rows: Rows, seen: dict[str, str]) -> list[MCQuestion]:
@@ -395,6 +397,8 @@ def _to_questions(rows: Rows, seen: dict[str, str]) -> list[MCQuestion]:
     for where, row in rows:
         question = text_field(row, "question", where).strip()
         lang = text_field(row, "lang", where).strip()
+        if problem := check_language_code(lang):  # as the prompt and pair loaders check it
+            raise MCQDataError(f"{where}, field 'lang': {problem}")
         choices = _choices(row, where)
         answer = _answer(row, where, len(choices))
         if "id" in row:

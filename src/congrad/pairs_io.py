@@ -20,14 +20,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from congrad.languages import check_language_code
 from congrad.records import PreferencePair
-from congrad.tables import DataError, optional_number, read_rows, reraise_as, text_field
+from congrad.tables import (
+    DataError,
+    optional_number,
+    read_rows,
+    reraise_as,
+    select_languages,
+    text_field,
+)
 
 _COLUMNS = ("id", "lang", "prompt", "chosen", "rejected", "chosen_score", "rejected_score")
 _REQUIRED = ("prompt", "chosen", "rejected", "lang")
@@ -78,7 +84,9 @@ def load_pair_files(
                 pairs.append(pair)
     if languages is None:
         return pairs
-    return _select_languages(pairs, [lang.strip() for lang in languages], paths)
+    with reraise_as(PairDataError):
+        source = ", ".join(map(str, paths))
+        return select_languages(pairs, [lang.strip() for lang in languages], source, "pair")
 
 
 def _to_pair(row: Mapping[Any, Any], where: str) -> tuple[PreferencePair, str]:
@@ -111,19 +119,3 @@ def _to_pair(row: Mapping[Any, Any], where: str) -> tuple[PreferencePair, str]:
         what = f"pair (derived id {pair_id!r})"
     pair = PreferencePair(pair_id, lang, prompt, chosen, rejected, chosen_score, rejected_score)
     return pair, what
-
-
-def _select_languages(
-    pairs: list[PreferencePair], languages: list[str], paths: Sequence[str | Path]
-) -> list[PreferencePair]:
-    counts = Counter(p.lang for p in pairs)
-    empty = sorted({lang for lang in languages if counts[lang] == 0})
-    if empty:
-        found = ", ".join(f"{lang} ({n})" for lang, n in sorted(counts.items())) or "none"
-        raise PairDataError(
-            f"{', '.join(map(str, paths))}: no pairs for language {', '.join(map(repr, empty))}; "
-            f"languages found (pair count): {found}. "
-            "Fix the language list or the files' lang column."
-        )
-    wanted = set(languages)
-    return [p for p in pairs if p.lang in wanted]

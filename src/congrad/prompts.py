@@ -26,7 +26,15 @@ from typing import Literal
 
 from congrad.languages import check_language_code
 from congrad.records import PromptRecord
-from congrad.tables import DataError, Rows, jsonl_rows, read_rows, reraise_as, text_field
+from congrad.tables import (
+    DataError,
+    Rows,
+    jsonl_rows,
+    read_rows,
+    reraise_as,
+    select_languages,
+    text_field,
+)
 
 BUILTIN_TRAIN_LANGUAGES = ("en", "de", "fr", "es", "it", "pt", "zh", "ja", "ko", "ar")
 BUILTIN_EVAL_LANGUAGES = (*BUILTIN_TRAIN_LANGUAGES, "hi", "vi", "ru")
@@ -146,16 +154,8 @@ def _select_languages(
 ) -> list[PromptRecord]:
     if languages is None:
         return records
-    wanted = set(languages)
-    counts = Counter(r.lang for r in records)
-    empty = sorted(lang for lang in wanted if counts[lang] == 0)
-    if empty:
-        found = ", ".join(f"{lang} ({n})" for lang, n in sorted(counts.items())) or "none"
-        raise PromptDataError(
-            f"{source}: no prompts for language {', '.join(map(repr, empty))}; languages "
-            f"found (prompt count): {found}. Fix the language list or the files' lang column."
-        )
-    return [r for r in records if r.lang in wanted]
+    with reraise_as(PromptDataError):
+        return select_languages(records, languages, source, "prompt")
 
 
 def _to_records(rows: Rows, seen: dict[str, str]) -> list[PromptRecord]:

@@ -17,11 +17,12 @@ import io
 import json
 import math
 import reprlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 Row = Mapping[Any, Any]
 Rows = Iterator[tuple[str, Row]]  # (where, row), where = "<file>, line 3" or "<file>, row 2"
@@ -29,6 +30,31 @@ Rows = Iterator[tuple[str, Row]]  # (where, row), where = "<file>, line 3" or "<
 
 class DataError(ValueError):
     """A data file or row that cannot be used; the message says where and what to do."""
+
+
+class _HasLang(Protocol):
+    @property
+    def lang(self) -> str: ...
+
+
+Record = TypeVar("Record", bound=_HasLang)
+
+
+def select_languages(
+    records: Sequence[Record], languages: Sequence[str], source: str, noun: str
+) -> list[Record]:
+    """The records of ``languages``, in order; :class:`DataError` naming ``source`` when a
+    language has none (``noun`` says what a record is: "prompt", "pair", "question")."""
+    counts = Counter(record.lang for record in records)
+    empty = sorted({lang for lang in languages if counts[lang] == 0})
+    if empty:
+        found = ", ".join(f"{lang} ({n})" for lang, n in sorted(counts.items())) or "none"
+        raise DataError(
+            f"{source}: no {noun}s for language {', '.join(map(repr, empty))}; languages found "
+            f"({noun} count): {found}. Fix the language list or the files' lang column."
+        )
+    wanted = set(languages)
+    return [record for record in records if record.lang in wanted]
 
 
 @contextmanager
