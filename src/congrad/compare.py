@@ -33,7 +33,7 @@ from typing import Any
 
 from congrad.artifacts import manifest_path, read_manifest
 from congrad.atomic import write_text_atomic
-from congrad.config import ConfigError, RunConfig, Strategy, config_changes
+from congrad.config import ConfigError, RunConfig, Strategy, config_changes, set_dotted
 from congrad.loop import OUTPUTS, STAGES, Runner, StageNotReady, prepare_run_dir
 
 SCHEDULE_BASELINES = ("uab", "lcl")
@@ -140,11 +140,7 @@ def run_config(base: RunConfig, root: Path, planned: PlannedRun) -> RunConfig:
         "evaluate.judge.cache": base.evaluate.judge.cache or str(root / "judge_cache.jsonl"),
     }
     for key, value in overrides.items():
-        node = data
-        *sections, last = key.split(".")
-        for section in sections:
-            node = node[section]
-        node[last] = value
+        set_dotted(data, key, value)
     try:
         return RunConfig.model_validate(data)
     except ValueError as error:

@@ -319,7 +319,8 @@ def _suggest(key: str) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``data["a"]["b"] = value`` for ``key`` ``"a.b"``, creating sections as needed."""
     parts = key.split(".")
     node = data
     for part in parts[:-1]:
@@ -403,7 +404,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = loaded or {}
     for text in overrides or []:
         key, value = parse_override(text)
-        _set_dotted(data, key, value)
+        set_dotted(data, key, value)
     if overrides:
         source += " + overrides"
     try:
