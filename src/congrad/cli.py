@@ -116,36 +116,57 @@ def _load(args: argparse.Namespace) -> Any:
     return config
 
 
+def _runner(config: Any, args: argparse.Namespace) -> Any:
+    """The run folder prepared and a Runner for it. Under a multi-process launcher every
+    rank gets one; the main process alone checks and writes the folder and prints."""
+    from rich.console import Console
+
+    from congrad import distributed
+    from congrad.config import ConfigError
+    from congrad.loop import Runner, prepare_run_dir
+
+    main = distributed.is_main()
+    refusal = None
+    if main:
+        try:
+            prepare_run_dir(config, force=args.force)
+        except ConfigError as error:
+            refusal = str(error)
+    refusal = distributed.broadcast(refusal)  # every rank stops, not only the main one
+    if refusal is not None:
+        raise ConfigError(refusal)
+    console = Console(stderr=True)
+    return Runner(
+        config,
+        progress=main and not args.quiet,
+        log=(lambda m: console.print(m)) if main else (lambda m: None),
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from congrad.loop import Runner, prepare_run_dir
+    from congrad.distributed import is_main
     from congrad.summary import build_summary
 
     config = _load(args)
-    prepare_run_dir(config, force=args.force)
-    console = Console(stderr=True)
-    runner = Runner(config, progress=not args.quiet, log=lambda m: console.print(m))
-    runner.run_all()
-    Console(width=max(Console().width, 100)).print(build_summary(config).table())
-    print(f"run folder: {config.output_dir}")
+    _runner(config, args).run_all()
+    if is_main():
+        Console(width=max(Console().width, 100)).print(build_summary(config).table())
+        print(f"run folder: {config.output_dir}")
     return 0
 
 
 def _stage(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from congrad.loop import Runner, prepare_run_dir
+    from congrad.distributed import is_main
 
     config = _load(args)
     if not 1 <= args.round <= config.rounds:
         print(f"congrad: --round must lie in 1..{config.rounds}", file=sys.stderr)
         return 2
-    prepare_run_dir(config, force=args.force)
-    console = Console(stderr=True)
-    runner = Runner(config, progress=not args.quiet, log=lambda m: console.print(m))
-    if not runner.run_stage(args.command, args.round):
-        console.print(f"round {args.round}: {args.command} is already complete")
+    runner = _runner(config, args)
+    if not runner.run_stage(args.command, args.round) and is_main():
+        print(f"round {args.round}: {args.command} is already complete", file=sys.stderr)
     return 0
 
 
@@ -164,7 +185,10 @@ def _filter(args: argparse.Namespace) -> int:
             ema_path=args.ema,
             progress=not args.quiet,
         )
-        print(f"selection written to {args.output}")
+        from congrad.distributed import is_main
+
+        if is_main():
+            print(f"selection written to {args.output}")
         return 0
     if args.round is None:
         print("congrad: filter needs --round N (loop stage) or --dataset FILE", file=sys.stderr)
@@ -175,7 +199,6 @@ def _filter(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from congrad.loop import Runner, prepare_run_dir
     from congrad.report import evaluation_table
 
     config = _load(args)
@@ -183,12 +206,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"congrad: --round must lie in 1..{config.rounds}", file=sys.stderr)
         return 2
     _check_judge_key(config)
-    prepare_run_dir(config, force=args.force)
-    console = Console(stderr=True)
-    runner = Runner(config, progress=not args.quiet, log=lambda m: console.print(m))
+    runner = _runner(config, args)
     rounds = None if args.round is None else [args.round]
     runner.evaluate(rounds)
-    Console(width=max(Console().width, 160)).print(evaluation_table(config.output_dir, rounds))
+    from congrad.distributed import is_main
+
+    if is_main():
+        Console(width=max(Console().width, 160)).print(evaluation_table(config.output_dir, rounds))
     return 0
 
 
@@ -211,7 +235,15 @@ def _compare(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from congrad.compare import parse_keeps, parse_strategies, run_comparison
+    from congrad.distributed import launched
 
+    if launched():
+        print(
+            "congrad: compare runs in one process; under torchrun/accelerate launch, run each "
+            "strategy's config with `congrad run` (see README, 'On a GPU cluster')",
+            file=sys.stderr,
+        )
+        return 2
     config = _load(args)
     strategies = parse_strategies(args.strategies)
     keeps = parse_keeps(args.keep)

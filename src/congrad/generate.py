@@ -9,7 +9,9 @@ index (hashlib), so a record's random draws do not depend on batching. Completio
 handed to ``on_done`` chunk by chunk, so the caller can log them and resume an
 interrupted stage where it stopped. The chunks (one backend batch each) are cut from the
 full request list, never from what is left of it: a resumed run batches every record with
-the same neighbours as an uninterrupted one, so it writes the same bytes.
+the same neighbours as an uninterrupted one, so it writes the same bytes. With several
+processes the chunks are spread over the ranks (:func:`congrad.distributed.map_in_waves`)
+and every rank gets every completion, in the single-process order.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 from congrad.backends import ModelBackend, SamplingParams
 from congrad.config import GenerateConfig
+from congrad.distributed import is_main, map_in_waves
 from congrad.lowrank import stable_seed
 from congrad.records import Completion, PromptRecord
 
@@ -51,7 +54,7 @@ def generate_completions(
     # crash could sample a different token and a resumed run would differ from an
     # uninterrupted one. A chunk wholly in ``skip`` is skipped; a partly done one (a crash
     # mid-append) is generated whole, and only its missing records are handed on.
-    starts: Any = [
+    starts = [
         start
         for start in range(0, len(requests), chunk)
         if any(
@@ -59,12 +62,8 @@ def generate_completions(
             for prompt, index in requests[start : start + chunk]
         )
     ]
-    if progress:
-        from rich.progress import track
 
-        starts = track(starts, description=f"round {round_index}: generating")
-    results: list[Completion] = []
-    for start in starts:
+    def generate_chunk(start: int) -> list[Completion]:
         batch = requests[start : start + chunk]
         texts = [backend.chat_prompt(prompt.prompt) for prompt, _ in batch]
         seeds = [
@@ -72,7 +71,7 @@ def generate_completions(
             for prompt, index in batch
         ]
         generations = backend.generate(texts, params, seeds)
-        done = [
+        return [
             Completion(
                 completion_id=completion_id(prompt.prompt_id, index),
                 prompt_id=prompt.prompt_id,
@@ -86,6 +85,14 @@ def generate_completions(
             for (prompt, index), generation in zip(batch, generations, strict=True)
             if completion_id(prompt.prompt_id, index) not in skip
         ]
+
+    chunks: Any = map_in_waves(starts, generate_chunk)
+    if progress and is_main():
+        from rich.progress import track
+
+        chunks = track(chunks, description=f"round {round_index}: generating", total=len(starts))
+    results: list[Completion] = []
+    for _, done in chunks:
         if on_done is not None:
             on_done(done)
         results.extend(done)

@@ -16,6 +16,13 @@ resumed from its partial log: generate, judge), and a stage downstream of change
 reruns. A changed config is refused, naming the keys, unless ``force`` (``evaluate.*``
 keys may change freely). Round 1 keeps every pair whatever the strategy, so its filter
 fingerprint ignores the filter settings and all strategies share one round 1.
+
+Several processes (``torchrun`` / ``accelerate launch``, :mod:`congrad.distributed`): every
+rank runs this same loop. The stages in :data:`COLLECTIVE_STAGES` run on all ranks, each
+doing its share (HF generation and judging by batches, scoring by batches, training as
+DDP); the others run on the main process while the rest wait. The main process alone
+writes artifacts and manifests, and all ranks meet at a barrier after every stage, so each
+rank sees the same completed stages.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ from congrad.atomic import write_text_atomic
 from congrad.config import ConfigError, RunConfig, config_changes, config_to_yaml, load_config
 
 STAGES = ("prompts", "generate", "judge", "pairs", "filter", "train")
+COLLECTIVE_STAGES = ("generate", "judge", "filter", "train")
+"""Stages every rank of a multi-process run takes part in (generate and judge only with the
+HF backend: a vLLM engine spans its own GPUs, tensor-parallel, from the main process)."""
 EVAL_STAGES = ("answers", "mcq", "verdicts")
 """Evaluation (congrad.eval_stages): ``answers`` and ``mcq`` of round t use M_t (round 0:
 the seed model, in ``round_0/``); ``verdicts`` compares round t's answers with round 0's."""
@@ -244,21 +254,40 @@ class Runner:
 
     # -- running -----------------------------------------------------------------------
 
+    def collective(self, stage: str) -> bool:
+        """Whether every rank takes part in ``stage`` (see :data:`COLLECTIVE_STAGES`)."""
+        if stage in ("generate", "judge") and self.config.generate.backend == "vllm":
+            return False
+        return stage in COLLECTIVE_STAGES
+
     def run_stage(self, stage: str, round_index: int) -> bool:
-        """Run one stage unless complete; returns whether it ran."""
+        """Run one stage unless complete; returns whether it ran. With several processes,
+        every rank calls this in the same order (see the module docstring)."""
         if self.is_complete(stage, round_index):
             return False
         self.expected_fingerprint(stage, round_index)  # raises StageNotReady early
-        from congrad import eval_stages, stages
+        from congrad import distributed, eval_stages, stages
 
         start = time.perf_counter()
-        self.folder(round_index).mkdir(parents=True, exist_ok=True)
-        module = eval_stages if stage in EVAL_STAGES else stages
-        facts = getattr(module, f"run_{stage}")(self, round_index)
+        main = distributed.is_main()
+        if main:
+            self.folder(round_index).mkdir(parents=True, exist_ok=True)
+        distributed.barrier()
+        if self.collective(stage) and distributed.launched():
+            from congrad.offline_models import is_offline_alias, resolve_model_path
+
+            if is_offline_alias(self.config.model.name_or_path):
+                with distributed.main_first():  # one process builds the cached model
+                    resolve_model_path(self.config.model.name_or_path)
+        if main or self.collective(stage):
+            module = eval_stages if stage in EVAL_STAGES else stages
+            facts = getattr(module, f"run_{stage}")(self, round_index)
         seconds = time.perf_counter() - start
         self.timings[(round_index, stage)] = seconds
-        self._finish(stage, round_index, facts, seconds)
-        self.log(f"round {round_index}: {stage} done in {seconds:.1f}s")
+        if main:
+            self._finish(stage, round_index, facts, seconds)
+            self.log(f"round {round_index}: {stage} done in {seconds:.1f}s")
+        distributed.barrier()  # every rank now sees the manifest
         return True
 
     def run_all(self) -> dict[str, Any]:
@@ -267,10 +296,12 @@ class Runner:
         for round_index in range(1, self.config.rounds + 1):
             for stage in STAGES:
                 self.run_stage(stage, round_index)
+        from congrad.distributed import is_main
         from congrad.summary import build_summary
 
         summary = build_summary(self.config)
-        write_text_atomic(Path(self.config.output_dir) / "summary.json", summary.to_json())
+        if is_main():
+            write_text_atomic(Path(self.config.output_dir) / "summary.json", summary.to_json())
         return summary.to_dict()
 
     def trained_rounds(self) -> list[int]:

@@ -44,9 +44,10 @@ def check_model_source(name_or_path: str) -> None:
 
 
 def pick_device() -> torch.device:
-    import torch
+    """The GPU if there is one (this rank's own under a multi-process launcher), else CPU."""
+    from congrad.distributed import device
 
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    return device()
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

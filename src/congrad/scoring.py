@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from congrad.consensus import Consensus
+from congrad.distributed import is_main, map_in_waves
 from congrad.encoding import PairBatch, collate_pairs, encode_pair, pad_token_id_of
 from congrad.gradient_ema import GradientEMA, tracked_linears
 from congrad.losses import lp_dpo_loss, sequence_logps
@@ -245,30 +246,26 @@ def score_pairs(
         key=lambda i: max(len(encoded[i].chosen_input_ids), len(encoded[i].rejected_input_ids)),
     )
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    results: dict[int, PairScore] = {}
-    iterator: Any = batches
-    if progress:
-        from rich.progress import track
 
-        iterator = track(batches, description="scoring pairs")
-    with frozen_for_scoring(model):
-        for indices in iterator:
-            batch = collate_pairs([encoded[i] for i in indices], pad_id)
-            dots, sq_norms, chosen_logps, rejected_logps = _score_batch(
-                model,
-                batch,
-                modules,
-                consensus,
-                beta=beta,
-                alpha=alpha,
-                method=method,
-                dense_cache=dense_cache,
-            )
-            for row, index in enumerate(indices):
-                grad_norm = math.sqrt(max(float(sq_norms[row]), 0.0))
-                dot = float(dots[row])
-                denominator = grad_norm * consensus.norm
-                results[index] = PairScore(
+    def score(indices: list[int]) -> list[PairScore]:
+        batch = collate_pairs([encoded[i] for i in indices], pad_id)
+        dots, sq_norms, chosen_logps, rejected_logps = _score_batch(
+            model,
+            batch,
+            modules,
+            consensus,
+            beta=beta,
+            alpha=alpha,
+            method=method,
+            dense_cache=dense_cache,
+        )
+        scores = []
+        for row, index in enumerate(indices):
+            grad_norm = math.sqrt(max(float(sq_norms[row]), 0.0))
+            dot = float(dots[row])
+            denominator = grad_norm * consensus.norm
+            scores.append(
+                PairScore(
                     pair_id=pairs[index].pair_id,
                     lang=pairs[index].lang,
                     cosine=dot / denominator if denominator > 0 else 0.0,
@@ -280,4 +277,18 @@ def score_pairs(
                     rejected_length=encoded[index].rejected_length,
                     truncated=encoded[index].truncated,
                 )
+            )
+        return scores
+
+    # Several processes: the batches are spread over the ranks (each scores whole batches,
+    # so a pair's numbers do not depend on the process count) and gathered on every rank.
+    results: dict[int, PairScore] = {}
+    scored: Any = map_in_waves(batches, score)
+    if progress and is_main():
+        from rich.progress import track
+
+        scored = track(scored, description="scoring pairs", total=len(batches))
+    with frozen_for_scoring(model):
+        for number, batch_scores in scored:
+            results.update(zip(batches[number], batch_scores, strict=True))
     return [results[i] for i in range(len(pairs))]

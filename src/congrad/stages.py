@@ -4,6 +4,10 @@ In: a :class:`~congrad.loop.Runner` and a round number. Out: the stage's files i
 round folder and a dict of facts (counts per language) for its manifest. Each
 ``run_<stage>`` is called by :meth:`Runner.run_stage`, which writes the manifest after it
 returns; nothing here decides stage order.
+
+With several processes, ``run_generate``, ``run_judge``, ``run_filter`` and ``run_train`` run
+on every rank (:data:`congrad.loop.COLLECTIVE_STAGES`): the work is shared, the main process
+alone keeps the partial logs and writes the files, and the other ranks return no facts.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections import Counter
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from congrad import distributed
 from congrad.artifacts import PartialLog, read_jsonl, write_jsonl
 from congrad.lowrank import stable_seed
 from congrad.records import Completion, Judgment, PreferencePair, PromptRecord
@@ -98,8 +103,9 @@ def run_generate(runner: Runner, round_index: int) -> dict[str, Any]:
 
     config = runner.config
     prompts = load_prompts(runner, round_index)
-    log = _partial(runner, round_index, "generate")
-    done = {row["completion_id"] for row in log.done}
+    main = distributed.is_main()
+    log = _partial(runner, round_index, "generate") if main else None
+    done = distributed.broadcast({row["completion_id"] for row in log.done} if log else set())
     backend = _backend(runner, round_index, config.generate.batch_size)
     generate_completions(
         backend,
@@ -108,9 +114,11 @@ def run_generate(runner: Runner, round_index: int) -> dict[str, Any]:
         seed=config.seed,
         round_index=round_index,
         skip=done,
-        on_done=lambda batch: log.append(c.to_dict() for c in batch),
+        on_done=(lambda batch: log.append(c.to_dict() for c in batch)) if log else None,
         progress=runner.progress,
     )
+    if log is None:  # another rank: the main process writes
+        return {}
     completions = sorted(
         (Completion(**row) for row in log.done),
         key=lambda c: (c.lang, c.prompt_id, c.sample_index),
@@ -128,8 +136,9 @@ def run_judge(runner: Runner, round_index: int) -> dict[str, Any]:
 
     config = runner.config
     completions = load_completions(runner, round_index)
-    log = _partial(runner, round_index, "judge")
-    done = {row["completion_id"] for row in log.done}
+    main = distributed.is_main()
+    log = _partial(runner, round_index, "judge") if main else None
+    done = distributed.broadcast({row["completion_id"] for row in log.done} if log else set())
     backend = _backend(runner, round_index, config.judge.batch_size)
     chunk = 4 * config.judge.batch_size  # logged chunk by chunk, so a crash loses little
     # Chunks are cut from ALL the completions, not from those left after a crash: the
@@ -137,19 +146,28 @@ def run_judge(runner: Runner, round_index: int) -> dict[str, Any]:
     # its neighbours in the last bits, so only the uninterrupted run's chunks give its
     # exact scores. A chunk logged whole is skipped; a partly logged one (a crash
     # mid-append) is judged whole again and only its missing judgments are appended.
-    for start in range(0, len(completions), chunk):
-        group = completions[start : start + chunk]
-        if all(c.completion_id in done for c in group):
-            continue
-        judged = judge_completions(
+    # Several processes: the chunks are spread over the ranks, a wave at a time.
+    starts = [
+        start
+        for start in range(0, len(completions), chunk)
+        if not all(c.completion_id in done for c in completions[start : start + chunk])
+    ]
+
+    def judge_chunk(start: int) -> list[Any]:
+        return judge_completions(
             backend,
-            group,
+            completions[start : start + chunk],
             config=config.judge,
             seed=stable_seed("judge", config.seed, round_index),
             progress=False,
         )
-        log.append(j.to_dict() for j in judged if j.completion_id not in done)
-        runner.log(f"round {round_index}: judged {len(log.done)}/{len(completions)}")
+
+    for _, judged in distributed.map_in_waves(starts, judge_chunk):
+        if log is not None:
+            log.append(j.to_dict() for j in judged if j.completion_id not in done)
+            runner.log(f"round {round_index}: judged {len(log.done)}/{len(completions)}")
+    if log is None:  # another rank: the main process writes
+        return {}
     order = {c.completion_id: i for i, c in enumerate(completions)}
     rows = sorted(log.done, key=lambda row: order[row["completion_id"]])
     write_jsonl(runner.folder(round_index) / "judgments.jsonl", rows)
@@ -199,6 +217,8 @@ def run_filter(runner: Runner, round_index: int) -> dict[str, Any]:
         load_ema=lambda model, _: GradientEMA.load(previous_ema, model),
         progress=runner.progress,
     )
+    if not distributed.is_main():  # the scores were gathered; the main process writes
+        return {}
     (folder / "scores.jsonl").unlink(missing_ok=True)
     if result.scores is not None:
         write_jsonl(folder / "scores.jsonl", (s.to_dict() for s in result.scores))
@@ -245,10 +265,12 @@ def run_train(runner: Runner, round_index: int) -> dict[str, Any]:
         schedule=schedule,
         progress=runner.progress,
     )
+    runner.set_model_round(round_index)
+    if not distributed.is_main():  # every rank holds the same weights and EMA
+        return {}
     save_round_model(model, tokenizer, folder / "model")
     ema.save(folder / "ema.safetensors")
     write_jsonl(folder / "train_log.jsonl", (asdict(step) for step in result.log))
-    runner.set_model_round(round_index)
     return {
         "counts": _per_lang(pairs),
         "steps": result.steps,

@@ -10,7 +10,9 @@ cosine and reference log-probs, when the strategy scores gradients),
 With no EMA from a training run, the EMA is built by a gradient pass over the dataset
 itself: single-language minibatches of the LP-DPO loss at the model's weights (policy =
 reference), each folded into its language's EMA, with no optimizer step. Then pairs are
-scored against the PCGrad consensus exactly as in the loop.
+scored against the PCGrad consensus exactly as in the loop. Under a multi-process launcher
+(``torchrun``) the gradient pass and the scoring are shared by the ranks and the main
+process writes the files.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from congrad import distributed
 from congrad.artifacts import write_jsonl, write_manifest
 from congrad.config import RunConfig
 from congrad.encoding import collate_pairs, encode_pair, pad_token_id_of
-from congrad.gradient_ema import GradientEMA
+from congrad.gradient_ema import GradientEMA, tracked_linears
 from congrad.losses import lp_dpo_loss
 from congrad.lowrank import stable_seed
 from congrad.records import PreferencePair
@@ -35,7 +40,11 @@ def build_ema_from_pairs(
     """Per-language EMAs from single-language minibatch gradients, no weight updates.
 
     Minibatches of ``train.batch_size`` pairs of one language each, in a seeded order
-    (:func:`congrad.train.language_schedule`), as the training round would see them.
+    (:func:`congrad.train.language_schedule`), as the training round would see them. With
+    several processes each rank takes a contiguous slice of every minibatch, backpropagates
+    ``sum of its losses / B`` and the tracked gradients are summed over the ranks before the
+    EMA reads them (no optimizer, so no DDP wrapper is needed); every rank ends with the
+    same EMA.
     """
     from congrad.train import batch_logps, language_schedule
 
@@ -47,6 +56,8 @@ def build_ema_from_pairs(
         include=config.ema.include,
         seed=config.seed,
     )
+    tracked = [module.weight for module in tracked_linears(model, config.ema.include).values()]
+    world, me = distributed.world_size(), distributed.rank()
     pad_id = pad_token_id_of(tokenizer)
     was_training = model.training
     model.eval()
@@ -54,25 +65,31 @@ def build_ema_from_pairs(
         for indices in language_schedule(
             list(pairs), config.train.batch_size, stable_seed("filter", config.seed)
         ):
-            chunk = [pairs[i] for i in indices]
-            batch = collate_pairs(
-                [encode_pair(tokenizer, p, config.train.max_length) for p in chunk], pad_id
-            )
             model.zero_grad(set_to_none=True)
-            chosen, rejected = batch_logps(model, batch)
-            device = chosen.device
-            loss = lp_dpo_loss(
-                chosen,
-                rejected,
-                chosen.detach(),  # policy = reference: the gradient at the current weights
-                rejected.detach(),
-                batch.chosen_lengths.to(device),
-                batch.rejected_lengths.to(device),
-                beta=config.train.beta,
-                alpha=config.train.alpha,
-            ).mean()
-            loss.backward()
-            ema.update(chunk[0].lang)
+            local = [pairs[i] for i in distributed.split_evenly(indices, me, world)]
+            if local:
+                batch = collate_pairs(
+                    [encode_pair(tokenizer, p, config.train.max_length) for p in local], pad_id
+                )
+                chosen, rejected = batch_logps(model, batch)
+                device = chosen.device
+                losses = lp_dpo_loss(
+                    chosen,
+                    rejected,
+                    chosen.detach(),  # policy = reference: the gradient at the current weights
+                    rejected.detach(),
+                    batch.chosen_lengths.to(device),
+                    batch.rejected_lengths.to(device),
+                    beta=config.train.beta,
+                    alpha=config.train.alpha,
+                )
+                (losses.sum() / len(indices)).backward()
+            if world > 1:  # a rank with no pair adds zeros
+                for weight in tracked:
+                    if weight.grad is None:
+                        weight.grad = torch.zeros_like(weight)
+                distributed.all_reduce_sum([g for w in tracked if (g := w.grad) is not None])
+            ema.update(pairs[indices[0]].lang)
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
@@ -103,20 +120,24 @@ def filter_dataset(
 
     def load() -> tuple[Any, Any]:
         if not loaded:
-            loaded.append(load_model(model_config, seed=config.seed))
+            with distributed.main_first():  # one process fills the offline-model cache
+                loaded.append(load_model(model_config, seed=config.seed))
         return loaded[0]
 
     def ema_for(lm: Any, tokenizer: Any) -> GradientEMA:
         if ema_path is not None:
             return GradientEMA.load(ema_path, lm)
         ema = build_ema_from_pairs(lm, tokenizer, pairs, config)
-        ema.save(folder / "ema.safetensors")
+        if distributed.is_main():
+            ema.save(folder / "ema.safetensors")
         return ema
 
     strategy = config.filter.strategy
     result = filter_pairs(
         pairs, config, strategy, load_model=load, load_ema=ema_for, progress=progress
     )
+    if not distributed.is_main():  # the other ranks helped score; the main process writes
+        return folder
     if result.scores is not None:
         write_jsonl(folder / "scores.jsonl", (s.to_dict() for s in result.scores))
     selection = result.selection

@@ -17,10 +17,21 @@ accumulation or fp16 loss scale (divided out exactly, a power of two; an overflo
 kept out); then it is divided by the window's minibatch count and added to the sum, which
 returns to ``.grad`` for clipping and the step (one extra gradient buffer when accumulating).
 
-``accelerate launch`` with several processes needs care later: a schedule sharded so a
-step's minibatches share a language on all ranks; ``no_sync`` in windows and a per-language
-all-reduce before the EMA reads ``.grad``; unsharded tracked gradients (FSDP); DeepSpeed
-owning backward, clipping and step; saving from the main process only.
+Several processes (``torchrun`` / ``accelerate launch``, :mod:`congrad.distributed`): the
+model is wrapped in DDP by ``accelerator.prepare``. Every rank builds the same schedule, so
+all ranks take the same language at every step; ``train.batch_size`` is the GLOBAL
+minibatch, split into contiguous near-equal slices, one per rank. Rank ``r`` backpropagates
+``(W / B) * sum of its pairs' losses`` and DDP's all-reduce averages over the ``W`` ranks,
+so ``.grad`` holds the gradient of the minibatch's mean loss, exactly as with one process
+(a rank whose slice is empty, when ``B < W``, runs its first pair with weight 0). The
+all-reduce runs after EVERY minibatch, not once per accumulation window (no ``no_sync``):
+the EMA must see each minibatch's full gradient. Each rank then updates its own
+:class:`~congrad.gradient_ema.GradientEMA` from the same all-reduced gradient with the same
+seeds, so all ranks hold identical EMAs (no broadcast needed); the caller saves from the
+main process. Per-pair losses and rewards are gathered for the log.
+FSDP and DeepSpeed shard gradients, so ``.grad`` of a tracked matrix is not whole on any
+rank; they are refused (see :func:`_check_gradients_whole`) rather than silently
+compressing shards.
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ from rich.progress import track
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from congrad import distributed
 from congrad.atomic import remove_stale_temporaries
 from congrad.config import EMAConfig, TrainConfig
 from congrad.encoding import PairBatch, collate_pairs, encode_pair, pad_token_id_of
@@ -123,19 +135,26 @@ def reference_logps(
     max_length: int,
 ) -> dict[str, tuple[float, float]]:
     """``pair_id -> (chosen, rejected)`` summed response log-probs at the current weights:
-    one no-grad forward per ``batch_size`` pairs (grouped by length), in eval mode."""
+    one no-grad forward per ``batch_size`` pairs (grouped by length), in eval mode. With
+    several processes the batches are spread over the ranks and every rank gets all values.
+    ``model`` must be the bare module, not a DDP wrapper (ranks run different numbers of
+    forwards here, and DDP's forward may communicate)."""
     encoded = [encode_pair(tokenizer, pair, max_length) for pair in pairs]
     order = sorted(range(len(pairs)), key=lambda i: len(encoded[i].chosen_input_ids))
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+    def forward(indices: list[int]) -> list[tuple[float, float]]:
+        batch = collate_pairs([encoded[i] for i in indices], pad_token_id_of(tokenizer))
+        chosen, rejected = batch_logps(model, batch)
+        return [(float(chosen[row]), float(rejected[row])) for row in range(len(indices))]
+
     values: dict[str, tuple[float, float]] = {}
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(order), batch_size):
-            indices = order[start : start + batch_size]
-            batch = collate_pairs([encoded[i] for i in indices], pad_token_id_of(tokenizer))
-            chosen, rejected = batch_logps(model, batch)
-            for row, index in enumerate(indices):
-                values[pairs[index].pair_id] = (float(chosen[row]), float(rejected[row]))
+        for number, batch_values in distributed.map_in_waves(batches, forward):
+            for index, value in zip(batches[number], batch_values, strict=True):
+                values[pairs[index].pair_id] = value
     finally:
         model.train(was_training)
     return {pair.pair_id: values[pair.pair_id] for pair in pairs}
@@ -160,9 +179,9 @@ def _accumulate(parameters: list[nn.Parameter], running: list[Any], window: int)
 
 def _minibatch_losses(
     model: nn.Module, batch: PairBatch, refs: torch.Tensor, train: TrainConfig
-) -> tuple[torch.Tensor, tuple[float, float, float]]:
-    """Per-pair LP-DPO losses ``(B,)`` given ``refs`` ``(B, 2)`` (chosen, rejected), and the
-    mean chosen reward, mean rejected reward and accuracy."""
+) -> tuple[torch.Tensor, list[tuple[float, float, float]]]:
+    """Per-pair LP-DPO losses ``(B,)`` given ``refs`` ``(B, 2)`` (chosen, rejected), and per
+    pair ``(loss, chosen reward, rejected reward)`` as floats for the log."""
     chosen, rejected = batch_logps(model, batch)
     ref_chosen, ref_rejected = refs.to(chosen).unbind(1)
     lengths = (batch.chosen_lengths.to(chosen.device), batch.rejected_lengths.to(chosen.device))
@@ -171,8 +190,36 @@ def _minibatch_losses(
     )
     chosen_rewards = train.beta * (chosen.detach() - ref_chosen)
     rejected_rewards = train.beta * (rejected.detach() - ref_rejected)
-    accuracy = (chosen_rewards > rejected_rewards).float().mean()
-    return losses, (float(chosen_rewards.mean()), float(rejected_rewards.mean()), float(accuracy))
+    rows = torch.stack([losses.detach(), chosen_rewards, rejected_rewards], 1).float().cpu()
+    return losses, [(a, b, c) for a, b, c in rows.tolist()]
+
+
+def _step_log(step: int, lang: str, rows: list[tuple[float, float, float]], lr: float) -> StepLog:
+    """A minibatch's log line from its pairs' ``(loss, chosen reward, rejected reward)``."""
+    count = len(rows)
+    return StepLog(
+        step=step,
+        lang=lang,
+        pairs=count,
+        loss=math.fsum(r[0] for r in rows) / count,
+        grad_norm=0.0,  # filled in after the window's clipping
+        lr=lr,
+        chosen_reward_mean=math.fsum(r[1] for r in rows) / count,
+        rejected_reward_mean=math.fsum(r[2] for r in rows) / count,
+        accuracy=sum(r[1] > r[2] for r in rows) / count,
+    )
+
+
+def _check_gradients_whole(accelerator: Accelerator) -> None:
+    """The EMA reads each tracked matrix's whole gradient from ``.grad``; FSDP and DeepSpeed
+    ZeRO keep only a shard of it on each rank, so they are refused with what to use."""
+    kind = str(accelerator.distributed_type)
+    if "FSDP" in kind or "DEEPSPEED" in kind:
+        raise NotImplementedError(
+            f"train_round runs under DDP (accelerate's MULTI_GPU / MULTI_CPU), not {kind}: "
+            "sharded gradients would reach the gradient EMA in pieces. Launch with a DDP "
+            "accelerate config (configs/accelerate/), or use LoRA to fit the model."
+        )
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -209,7 +256,9 @@ def train_round(
     if missing:
         raise ValueError(f"ref_logps has no reference log-probs for pair {missing[0]!r}")
     started = time.perf_counter()
-    accelerator = Accelerator(mixed_precision=train.mixed_precision)
+    world, me = distributed.world_size(), distributed.rank()  # sets up the process group
+    accelerator = Accelerator(cpu=distributed.use_cpu(), mixed_precision=train.mixed_precision)
+    _check_gradients_whole(accelerator)
     if schedule is None:
         schedule = language_schedule(pairs, train.batch_size, seed)
     for planned in schedule:
@@ -229,9 +278,9 @@ def train_round(
     rows: list[StepLog] = []
     pair_losses: dict[str, list[float]] = {}
     try:
-        if ref_logps is None:
+        if ref_logps is None:  # the bare model: ranks run different numbers of forwards
             ref_logps = reference_logps(
-                prepared, tokenizer, pairs, batch_size=train.batch_size, max_length=train.max_length
+                model, tokenizer, pairs, batch_size=train.batch_size, max_length=train.max_length
             )
         gradient_ema = GradientEMA(
             model, rank=ema.rank, iters=ema.iters, gamma=ema.gamma, include=ema.include, seed=seed
@@ -246,19 +295,25 @@ def train_round(
             lr = float(optimizer.param_groups[0]["lr"])
             for indices in window:
                 lang = pairs[indices[0]].lang
-                batch = collate_pairs([encoded[i] for i in indices], pad_token_id_of(tokenizer))
-                refs = torch.tensor([ref_logps[pairs[i].pair_id] for i in indices])
-                losses, summary = _minibatch_losses(prepared, batch, refs, train)
-                loss = losses.mean()
-                if not torch.isfinite(loss):
+                # This rank's slice of the global minibatch, weighted so that DDP's mean over
+                # the ranks is the minibatch's mean loss (module docstring).
+                local, weight = distributed.split_evenly(indices, me, world), world / len(indices)
+                if not local:  # fewer pairs than ranks: take part in the all-reduce with 0
+                    local, weight = list(indices[:1]), 0.0
+                batch = collate_pairs([encoded[i] for i in local], pad_token_id_of(tokenizer))
+                refs = torch.tensor([ref_logps[pairs[i].pair_id] for i in local])
+                losses, local_rows = _minibatch_losses(prepared, batch, refs, train)
+                gathered = distributed.gather(local_rows if weight else [])
+                pair_rows = [row for part in gathered for row in part]  # in schedule order
+                if not all(math.isfinite(r[0]) for r in pair_rows):  # the same on every rank
                     raise FloatingPointError(f"non-finite loss in step {step} ({lang})")
-                accelerator.backward(loss)
+                accelerator.backward(losses.sum() * weight)
                 scale = float(accelerator.scaler.get_scale()) if accelerator.scaler else 1.0
                 if _unscale(parameters, scale):  # an fp16 overflow stays out of the EMA
                     gradient_ema.update(lang)  # .grad: exactly this minibatch's gradient
                 _accumulate(parameters, running, len(window))
-                pair_losses.setdefault(lang, []).extend(losses.detach().float().cpu().tolist())
-                rows.append(StepLog(step, lang, len(indices), loss.item(), 0.0, lr, *summary))
+                pair_losses.setdefault(lang, []).extend(r[0] for r in pair_rows)
+                rows.append(_step_log(step, lang, pair_rows, lr))
             for parameter, grad in zip(parameters, running, strict=True):
                 parameter.grad = grad if grad is None or scale == 1.0 else grad.mul_(scale)
             grad_norm = float(accelerator.clip_grad_norm_(parameters, train.max_grad_norm))

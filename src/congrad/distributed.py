@@ -1,0 +1,153 @@
+"""Ranks of a multi-process run (``torchrun`` / ``accelerate launch``), in one place.
+
+In: the launcher's environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``,
+``MASTER_PORT``). Out: this process's rank, the world size and device, a barrier, object
+broadcast, and :func:`map_in_waves`, which spreads a list of independent work items over
+the ranks and hands EVERY rank all results, in item order.
+
+A process started without a launcher is a world of size 1: nothing here communicates and
+every function reduces to the plain single-process computation, so there is one code path.
+The process group is set up by accelerate's ``PartialState`` (NCCL on GPUs, gloo on CPUs)
+the first time a rank question is asked in a launched process.
+
+How congrad uses the ranks (the loop decides, :mod:`congrad.loop`): prompts, pairs and
+evaluation run on the main process while the others wait at a barrier; generation and
+judging with the HF backend, the CONGRAD scoring pass and training run on all ranks, each
+on its share of the work. Only the main process writes artifacts, so every rank must see
+the same ``output_dir`` (a shared file system when several nodes take part).
+
+Work items are whole batches cut from the full list exactly as one process cuts them, and
+a batch's numbers do not depend on which rank computes it: a run on N processes writes the
+records a single process writes (to float tolerance across different devices).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+TIMEOUT_ENV = "CONGRAD_DIST_TIMEOUT"
+"""Seconds a rank waits at a collective (default 4 hours): the other ranks wait while the
+main process runs a main-only stage (judging with an API judge, evaluation), which can
+take far longer than torch's default 10-30 minutes."""
+
+
+def launched() -> bool:
+    """Whether a launcher started this process as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def use_cpu() -> bool:
+    """accelerate must be told to use CPU processes (gloo) when there is no GPU."""
+    return not torch.cuda.is_available()
+
+
+def _state() -> Any:
+    from accelerate import PartialState
+
+    seconds = float(os.environ.get(TIMEOUT_ENV, 4 * 3600))
+    return PartialState(cpu=use_cpu(), timeout=timedelta(seconds=seconds))
+
+
+def world_size() -> int:
+    return int(_state().num_processes) if launched() else 1
+
+
+def rank() -> int:
+    return int(_state().process_index) if launched() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def device() -> torch.device:
+    """This rank's device: its own GPU (``cuda:<local rank>``) or the CPU."""
+    if launched():
+        return torch.device(_state().device)
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def barrier() -> None:
+    if launched():
+        _state().wait_for_everyone()
+
+
+@contextlib.contextmanager
+def main_first() -> Iterator[None]:
+    """The main process runs the block first (it may fill a cache, e.g. convert the
+    offline model); the others run it after, reading what it left."""
+    if not launched():
+        yield
+        return
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
+
+
+def broadcast(value: T) -> T:
+    """The main process's ``value``, on every rank (picklable objects)."""
+    if not launched():
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(value: T) -> list[T]:
+    """Every rank's ``value``, in rank order, on every rank (picklable objects)."""
+    if not launched():
+        return [value]
+    values: list[Any] = [None] * world_size()
+    torch.distributed.all_gather_object(values, value)
+    return values
+
+
+def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> None:
+    """Replace each tensor by its sum over the ranks, in place."""
+    if launched():
+        for tensor in tensors:
+            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+
+
+def map_in_waves(items: Sequence[T], work: Callable[[T], R]) -> Iterator[tuple[int, R]]:
+    """Yield ``(index, work(items[index]))`` for every item, in index order, on every rank.
+
+    Wave ``w`` gives item ``w * W + r`` to rank ``r``; after each wave the results are
+    gathered, so a caller can log them wave by wave (a crash loses one wave) and every rank
+    runs the same number of collectives. With one process: a plain loop.
+    """
+    count = world_size()
+    if count == 1:
+        for index, item in enumerate(items):
+            yield index, work(item)
+        return
+    me = rank()
+    for first in range(0, len(items), count):
+        index = first + me
+        mine = (index, work(items[index])) if index < len(items) else None
+        for entry in gather(mine):
+            if entry is not None:
+                yield entry
+
+
+def split_evenly(indices: Sequence[int], part: int, parts: int) -> list[int]:
+    """Part ``part`` of ``parts`` contiguous, near-equal slices of ``indices`` (the first
+    ``len % parts`` slices one longer); some are empty when there are fewer items than parts.
+
+    >>> [split_evenly([10, 11, 12, 13, 14], p, 3) for p in range(3)]
+    [[10, 11], [12, 13], [14]]
+    """
+    base, extra = divmod(len(indices), parts)
+    start = part * base + min(part, extra)
+    return list(indices[start : start + base + (1 if part < extra else 0)])

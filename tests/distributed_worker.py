@@ -1,0 +1,63 @@
+"""A train_round / score_pairs job for the multi-process invariance tests.
+
+Run alone (one process) or under ``torchrun --nproc_per_node N`` with the same arguments:
+``python tests/distributed_worker.py OUT BATCH ACCUMULATION``. The main process writes
+``OUT/result.json`` (per-minibatch log, scores) and ``OUT/weights.safetensors`` and
+``OUT/ema.safetensors`` (the trained weights and the round's GradientEMA); every rank
+writes ``OUT/ema.<rank>.safetensors`` so the test can check the ranks agree.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # conftest's make_pairs
+
+from conftest import make_pairs
+from congrad import distributed
+from congrad.config import EMAConfig, TrainConfig
+from congrad.scoring import score_pairs
+from congrad.testing import tiny_causal_lm
+from congrad.train import train_round
+
+
+def main(out: Path, batch_size: int, accumulation: int) -> None:
+    torch.manual_seed(0)
+    model, tokenizer = tiny_causal_lm(seed=0)
+    pairs = make_pairs(17)  # 6 en, 6 de, 5 zh: last chunks smaller than the batch
+    train = TrainConfig(
+        batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=1e-3,
+        warmup_ratio=0.0,
+        max_length=64,
+    )
+    ema_config = EMAConfig(rank=4, iters=3, gamma=0.9)
+    result, ema = train_round(model, tokenizer, pairs, train=train, ema=ema_config, seed=3)
+    scores = score_pairs(
+        model, tokenizer, pairs, ema, beta=0.1, alpha=0.01, batch_size=3, max_length=64
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    me = distributed.rank()
+    ema.save(out / f"ema.{me}.safetensors")
+    if distributed.is_main():
+        weights = {name: p.detach().contiguous() for name, p in model.named_parameters()}
+        save_file(weights, str(out / "weights.safetensors"))
+        report = {
+            "world_size": distributed.world_size(),
+            "log": [asdict(row) for row in result.log],
+            "lang_mean_loss": result.lang_mean_loss,
+            "scores": [s.to_dict() for s in scores],
+        }
+        (out / "result.json").write_text(json.dumps(report))
+    distributed.barrier()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))

@@ -1,0 +1,225 @@
+"""Multi-process invariance on CPU (gloo): N processes compute what one process computes.
+
+Each slow test runs the same job alone and under ``torchrun --standalone --nproc_per_node 2``
+(both with one thread per process, so each is deterministic) and compares: the loss curve,
+the weights, the per-language EMA (identical on every rank, and equal to the one-process
+EMA to float tolerance), the CONGRAD scores and the selection; end to end through the CLI,
+the run folders' artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from congrad import distributed
+from congrad.config import Strategy
+from congrad.records import PairScore, PreferencePair
+from congrad.selection import select_pairs, strategy_scores
+from tests.conftest import make_pairs
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "distributed_worker.py"
+SMOKE = ROOT / "configs" / "smoke.yaml"
+
+
+def _launch(args: list[str], processes: int, cwd: Path) -> None:
+    """``python ARGS`` alone, or under torchrun with ``processes`` ranks."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    env.pop("WORLD_SIZE", None)
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone"]
+        launcher += [f"--nproc_per_node={processes}"]
+    done = subprocess.run(
+        [*launcher, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+# -- pure helpers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("count", "parts", "expected"),
+    [
+        (5, 2, [[0, 1, 2], [3, 4]]),
+        (4, 2, [[0, 1], [2, 3]]),
+        (1, 2, [[0], []]),
+        (0, 3, [[], [], []]),
+        (7, 3, [[0, 1, 2], [3, 4], [5, 6]]),
+    ],
+)
+def test_split_evenly_covers_every_index_once_in_order(count, parts, expected):
+    indices = list(range(count))
+    slices = [distributed.split_evenly(indices, p, parts) for p in range(parts)]
+    assert slices == expected
+    assert [i for part in slices for i in part] == indices
+
+
+def test_one_process_is_a_world_of_one_and_waves_are_a_plain_map(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not distributed.launched()
+    assert (distributed.world_size(), distributed.rank(), distributed.is_main()) == (1, 0, True)
+    assert distributed.gather("x") == ["x"]
+    assert distributed.broadcast({"a"}) == {"a"}
+    assert list(distributed.map_in_waves([3, 1, 2], lambda v: v * 10)) == [
+        (0, 30),
+        (1, 10),
+        (2, 20),
+    ]
+    with distributed.main_first():
+        pass
+    tensor = torch.ones(2)
+    distributed.all_reduce_sum([tensor])
+    assert tensor.tolist() == [1.0, 1.0]
+
+
+# -- train_round and score_pairs ------------------------------------------------------------
+
+
+def _selection(scores: list[dict]) -> list[bool]:
+    pairs = [PreferencePair(s["pair_id"], s["lang"], "p", "c", "r") for s in scores]
+    cosines = {s["pair_id"]: s["cosine"] for s in scores}
+    values = strategy_scores(pairs, Strategy.MAX_CONGRAD, seed=0, congrad_cosines=cosines)
+    return [row.kept for row in select_pairs(pairs, values, Strategy.MAX_CONGRAD, 0.5)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_two_processes_train_and_score_like_one(tmp_path, accumulation):
+    runs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"w{processes}"
+        _launch([str(WORKER), str(out), "4", str(accumulation)], processes, tmp_path)
+        runs[processes] = out
+    one = json.loads((runs[1] / "result.json").read_text())
+    two = json.loads((runs[2] / "result.json").read_text())
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+
+    # The same schedule, minibatch by minibatch (17 pairs: minibatches of 4, 2 and 1 pairs,
+    # the 1-pair one smaller than the world: one rank takes part with weight 0).
+    assert [(r["step"], r["lang"], r["pairs"]) for r in one["log"]] == [
+        (r["step"], r["lang"], r["pairs"]) for r in two["log"]
+    ]
+    assert 1 in {r["pairs"] for r in one["log"]}
+    for key in ("loss", "grad_norm"):
+        assert [r[key] for r in two["log"]] == pytest.approx(
+            [r[key] for r in one["log"]], rel=1e-5, abs=1e-7
+        ), key
+    for key in ("chosen_reward_mean", "rejected_reward_mean"):  # beta * (policy - ref): a
+        # difference of sums of ~100 token log-probs, so absolute, not relative, agreement
+        assert [r[key] for r in two["log"]] == pytest.approx(
+            [r[key] for r in one["log"]], rel=0, abs=1e-5
+        ), key
+    assert [r["accuracy"] for r in two["log"]] == [r["accuracy"] for r in one["log"]]
+    assert two["lang_mean_loss"] == pytest.approx(one["lang_mean_loss"], rel=1e-5)
+
+    weights_one = load_file(runs[1] / "weights.safetensors")
+    weights_two = load_file(runs[2] / "weights.safetensors")
+    for name, value in weights_one.items():  # lr 1e-3: steps move weights by ~1e-3
+        torch.testing.assert_close(weights_two[name], value, rtol=0, atol=1e-5, msg=name)
+
+    # Every rank holds the same EMA, bit for bit (same all-reduced gradients, same seeds).
+    ema_rank0 = load_file(runs[2] / "ema.0.safetensors")
+    ema_rank1 = load_file(runs[2] / "ema.1.safetensors")
+    assert ema_rank0.keys() == ema_rank1.keys()
+    assert all(torch.equal(ema_rank0[k], ema_rank1[k]) for k in ema_rank0)
+    ema_single = load_file(runs[1] / "ema.0.safetensors")
+    for name, value in ema_single.items():
+        scale = value.abs().max().clamp_min(1e-12)
+        assert (ema_rank0[name] - value).abs().max() / scale < 1e-3, name
+
+    # Sharded scoring gathers every pair's score; the selection is the same.
+    assert [s["pair_id"] for s in two["scores"]] == [s["pair_id"] for s in one["scores"]]
+    cosines_one = [s["cosine"] for s in one["scores"]]
+    assert [s["cosine"] for s in two["scores"]] == pytest.approx(cosines_one, abs=1e-5)
+    assert _selection(two["scores"]) == _selection(one["scores"])
+    assert PairScore(**two["scores"][0])  # whole records, not just numbers
+
+
+# -- end to end through the CLI -------------------------------------------------------------
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_congrad_run_on_two_processes_writes_what_one_process_writes(tmp_path):
+    folders = {}
+    for processes in (1, 2):
+        folders[processes] = tmp_path / f"run{processes}"
+        cli = ["-m", "congrad.cli", "run", "--config", str(SMOKE), "--quiet"]
+        _launch([*cli, f"output_dir={folders[processes]}"], processes, tmp_path)
+    one, two = folders[1], folders[2]
+    # Round 1 up to training and round 2's sampling are the same bytes: records are cut
+    # into the same batches whichever rank computes them.
+    for name in (
+        "round_1/prompts.jsonl",
+        "round_1/completions.jsonl",
+        "round_1/judgments.jsonl",
+        "round_1/pairs.jsonl",
+        "round_1/selection.jsonl",
+        "round_2/completions.jsonl",
+    ):
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    # Training's gradients are summed in another order: floats agree to tolerance.
+    for round_index in (1, 2):
+        logs = [_rows(f / f"round_{round_index}/train_log.jsonl") for f in (one, two)]
+        assert [r["lang"] for r in logs[0]] == [r["lang"] for r in logs[1]]
+        assert [r["loss"] for r in logs[1]] == pytest.approx([r["loss"] for r in logs[0]], rel=1e-4)
+    scores = [_rows(f / "round_2/scores.jsonl") for f in (one, two)]
+    assert [s["cosine"] for s in scores[1]] == pytest.approx(
+        [s["cosine"] for s in scores[0]], abs=1e-5
+    )
+    selections = [_rows(f / "round_2/selection.jsonl") for f in (one, two)]
+    assert [(s["pair_id"], s["kept"]) for s in selections[0]] == [
+        (s["pair_id"], s["kept"]) for s in selections[1]
+    ]
+    # Only the main process wrote: one manifest per stage, no stray partial logs.
+    assert not list(two.rglob("*.partial.jsonl"))
+    assert (two / "summary.json").exists() and (two / "round_2/model/model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_standalone_filter_on_two_processes_selects_what_one_process_selects(tmp_path):
+    dataset = tmp_path / "prefs.jsonl"
+    dataset.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": p.pair_id,
+                    "lang": p.lang,
+                    "prompt": p.prompt,
+                    "chosen": p.chosen,
+                    "rejected": p.rejected,
+                }
+            )
+            + "\n"
+            for p in make_pairs(14)
+        )
+    )
+    outputs = {}
+    for processes in (1, 2):
+        outputs[processes] = tmp_path / f"selected{processes}"
+        cli = ["-m", "congrad.cli", "filter", "--dataset", str(dataset), "--model", "tiny-random"]
+        cli += ["--output", str(outputs[processes]), "--quiet", "train.batch_size=3", "ema.rank=4"]
+        _launch(cli, processes, tmp_path)
+    scores = [_rows(outputs[p] / "scores.jsonl") for p in (1, 2)]
+    assert [s["cosine"] for s in scores[1]] == pytest.approx(
+        [s["cosine"] for s in scores[0]], abs=1e-5
+    )
+    selections = [_rows(outputs[p] / "selection.jsonl") for p in (1, 2)]
+    assert [s["kept"] for s in selections[0]] == [s["kept"] for s in selections[1]]
+    emas = [load_file(outputs[p] / "ema.safetensors") for p in (1, 2)]
+    for name, value in emas[0].items():
+        scale = value.abs().max().clamp_min(1e-12)
+        assert (emas[1][name] - value).abs().max() / scale < 1e-3, name
