@@ -108,11 +108,13 @@ def _plan(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace) -> Any:
     """The validated config, its model checked to exist before any stage runs."""
     from congrad.config import load_config
+    from congrad.lora import check_lora_available
     from congrad.modeling import check_model_source
 
     config = load_config(args.config, list(args.overrides))
     if args.command != "show-config":
         check_model_source(getattr(args, "model", None) or config.model.name_or_path)
+        check_lora_available(config.model.lora)
     return config
 
 

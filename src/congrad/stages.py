@@ -212,6 +212,7 @@ def run_filter(runner: Runner, round_index: int) -> dict[str, Any]:
 
 
 def run_train(runner: Runner, round_index: int) -> dict[str, Any]:
+    from congrad.lora import attach_adapter
     from congrad.train import save_round_model, train_round
 
     config = runner.config
@@ -234,6 +235,7 @@ def run_train(runner: Runner, round_index: int) -> dict[str, Any]:
     schedule, schedule_facts = _schedule(runner, pairs, round_index)
     model, tokenizer = runner.model_for(round_index)
     runner.set_model_round(None)  # the weights change in place: not M_{t-1} any more
+    model = attach_adapter(model, config.model.lora)  # LoRA: a fresh adapter (congrad.lora)
     result, ema = train_round(
         model,
         tokenizer,
