@@ -79,6 +79,7 @@ def test_loss_and_gradients_equal_with_and_without_checkpointing(lora):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     undo()
     assert not is_checkpointing(model)
+    assert not getattr(model, "_require_grads_hooks", None)  # no hook left behind
     assert enable_gradient_checkpointing(model, OFF)() is None and not is_checkpointing(model)
 
 

@@ -50,6 +50,9 @@ def enable_gradient_checkpointing(model: Any, train: TrainConfig) -> Callable[[]
     """
     if not train.gradient_checkpointing or is_checkpointing(model):
         return lambda: None
+    # transformers also hooks the input embeddings to output tensors that require grad;
+    # the undo removes that hook too unless it was there before.
+    had_input_hooks = bool(getattr(model, "_require_grads_hooks", None))
     kwargs = {"use_reentrant": False}
     if callable(getattr(model, "activation_checkpointing_enable", None)):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
@@ -67,7 +70,13 @@ def enable_gradient_checkpointing(model: Any, train: TrainConfig) -> Callable[[]
             f"train.gradient_checkpointing=true: {type(model).__name__} has no layer that "
             "checkpoints; set train.gradient_checkpointing=false"
         )
-    return disable
+
+    def undo() -> None:
+        disable()
+        if not had_input_hooks and callable(getattr(model, "disable_input_require_grads", None)):
+            model.disable_input_require_grads()
+
+    return undo
 
 
 @contextlib.contextmanager

@@ -59,8 +59,11 @@ def tracked_linears(model: nn.Module, include: Sequence[str] | None = None) -> d
             "no trainable nn.Linear weight matches the tracked set "
             f"(include={list(include) if include is not None else 'decoder blocks'}); "
             "check the patterns against model.named_parameters()"
-            + ("; with LoRA, match the adapter's weights: " + ", ".join(LORA_INCLUDE)
-               if has_adapter(model) else "")
+            + (
+                "; with LoRA, match the adapter's weights: " + ", ".join(LORA_INCLUDE)
+                if has_adapter(model)
+                else ""
+            )
         )
     return selected
 
