@@ -60,6 +60,7 @@ def _inspect_ema(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from congrad.config import LORA_TARGETS
     from congrad.planning import (
         DEFAULTS,
         DTYPE_BYTES,
@@ -77,8 +78,10 @@ def _plan(args: argparse.Namespace) -> int:
         from congrad.config import load_config
 
         settings.update(settings_from_config(load_config(args.config, list(args.overrides))))
-    flags = ("model", "rank", "languages", "batch_size", "max_length", "dtype")
+    flags = ("model", "rank", "languages", "batch_size", "max_length", "dtype", "lora_r")
     settings.update({k: getattr(args, k) for k in flags if getattr(args, k) is not None})
+    if args.gradient_checkpointing:
+        settings["gradient_checkpointing"] = True
     if settings["model"] is None:
         print("congrad: plan needs --model PATH_OR_ID or --config FILE", file=sys.stderr)
         return 2
@@ -92,15 +95,19 @@ def _plan(args: argparse.Namespace) -> int:
         max_length=settings["max_length"],
         dtype_bytes=dtype_bytes,
         activation_bytes=settings.get("activation_bytes", dtype_bytes),
+        lora_r=settings.get("lora_r"),
+        lora_targets=settings.get("lora_targets", LORA_TARGETS),
+        gradient_checkpointing=settings.get("gradient_checkpointing", False),
     )
     Console(width=max(Console().width, 120)).print(plan_table(plan, source))
     for note in [*settings.get("notes", []), *plan_notes(plan)]:
         print(f"note: {note}")
     ema = plan.ema_bytes
+    tracked = "" if plan.lora_r is None else f" of the LoRA r={plan.lora_r} A/B matrices"
     print(
-        f"gradient EMA total: {ema / GB:.2f} GB ({ema / GIB:.2f} GiB, {ema:,} bytes) for "
-        f"{plan.languages} languages at rank {plan.rank}; training total "
-        f"{plan.training_bytes / GB:.1f} GB"
+        f"gradient EMA total{tracked}: {ema / GB:.2f} GB ({ema / GIB:.2f} GiB, {ema:,} bytes) "
+        f"for {plan.languages} languages at rank {min(plan.rank, plan.lora_r or plan.rank)}; "
+        f"training total {plan.training_bytes / GB:.1f} GB"
     )
     return 0
 
@@ -108,11 +115,13 @@ def _plan(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace) -> Any:
     """The validated config, its model checked to exist before any stage runs."""
     from congrad.config import load_config
+    from congrad.lora import check_lora_available
     from congrad.modeling import check_model_source
 
     config = load_config(args.config, list(args.overrides))
     if args.command != "show-config":
         check_model_source(getattr(args, "model", None) or config.model.name_or_path)
+        check_lora_available(config.model.lora)
     return config
 
 
@@ -376,6 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--batch-size", type=int, help="pairs per minibatch (default 16)")
     plan.add_argument("--max-length", type=int, help="tokens per sequence (default 1024)")
     plan.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="weights (default bf16)")
+    plan.add_argument(
+        "--lora-r", type=int, help="plan a LoRA adapter of this rank (default: from the config)"
+    )
+    plan.add_argument(
+        "--gradient-checkpointing", action="store_true", help="plan recomputed activations"
+    )
     plan.set_defaults(handler=_plan)
     return parser
 

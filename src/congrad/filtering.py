@@ -40,6 +40,7 @@ def filter_pairs(
     ``load_ema(model, tokenizer)`` gives the EMA the consensus comes from (the previous
     round's, or one built from the pairs themselves).
     """
+    from congrad.lora import adapter_attached
     from congrad.pcgrad import seeded_orders
     from congrad.scoring import score_pairs
 
@@ -48,19 +49,21 @@ def filter_pairs(
     lengths = None
     if strategy.needs_gradients and pairs:
         model, tokenizer = load_model()
-        ema = load_ema(model, tokenizer)
-        scores = score_pairs(
-            model,
-            tokenizer,
-            pairs,
-            ema,
-            beta=config.train.beta,
-            alpha=config.train.alpha,
-            batch_size=config.filter.batch_size,
-            max_length=config.train.max_length,
-            orders=seeded_orders(ema.languages, config.seed),
-            progress=progress,
-        )
+        # LoRA: scored at M_{t-1} with a fresh adapter, removed unmerged (congrad.lora)
+        with adapter_attached(model, config.model.lora) as model:
+            ema = load_ema(model, tokenizer)
+            scores = score_pairs(
+                model,
+                tokenizer,
+                pairs,
+                ema,
+                beta=config.train.beta,
+                alpha=config.train.alpha,
+                batch_size=config.filter.batch_size,
+                max_length=config.train.max_length,
+                orders=seeded_orders(ema.languages, config.seed),
+                progress=progress,
+            )
         cosines = {s.pair_id: s.cosine for s in scores}
     if strategy in (Strategy.MAX_LEN, Strategy.MIN_LEN):
         _, tokenizer = load_model()

@@ -7,8 +7,8 @@ matrices; save/load as safetensors with a JSON header.
 
 Tracked by default: the weight of every ``nn.Linear`` inside the numbered decoder blocks
 (``...layers.<i>...``: attention and MLP projections), not embeddings, ``lm_head``, norms
-or biases. With LoRA (peft) the base weights are frozen, so the trainable
-``lora_A`` / ``lora_B`` linears are what is tracked. Only ``nn.Linear`` weights are
+or biases. With LoRA (peft, :mod:`congrad.lora`) the base weights are frozen and the
+default is the ``lora_A`` / ``lora_B`` linears of the adapter. Only ``nn.Linear`` weights are
 tracked because the one-pass scorer (:mod:`congrad.scoring`) relies on ``y = x W^T``.
 """
 
@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from congrad.atomic import write_atomic
+from congrad.lora import LORA_INCLUDE, has_adapter
 from congrad.lowrank import LowRankEMA, stable_seed
 
 FORMAT = "congrad.gradient_ema/1"
@@ -37,8 +38,11 @@ def tracked_linears(model: nn.Module, include: Sequence[str] | None = None) -> d
 
     ``include`` is a list of glob patterns matched against weight names (for example
     ``["*.self_attn.*", "*.mlp.down_proj.weight"]``); ``None`` selects every trainable
-    linear inside a numbered block. Raises ``ValueError`` when nothing is selected.
+    linear inside a numbered block, and on a model with a LoRA adapter only the adapter's
+    ``lora_A`` / ``lora_B`` linears. Raises ``ValueError`` when nothing is selected.
     """
+    if include is None and has_adapter(model):
+        include = LORA_INCLUDE
     selected: dict[str, nn.Linear] = {}
     for module_name, module in model.named_modules():
         if not isinstance(module, nn.Linear) or not module.weight.requires_grad:
@@ -55,6 +59,11 @@ def tracked_linears(model: nn.Module, include: Sequence[str] | None = None) -> d
             "no trainable nn.Linear weight matches the tracked set "
             f"(include={list(include) if include is not None else 'decoder blocks'}); "
             "check the patterns against model.named_parameters()"
+            + (
+                "; with LoRA, match the adapter's weights: " + ", ".join(LORA_INCLUDE)
+                if has_adapter(model)
+                else ""
+            )
         )
     return selected
 

@@ -27,14 +27,27 @@ V vocabulary, r rank, B pairs per minibatch, T max length):
   and token ``34 h`` bytes, ``5 H T`` more for the attention scores that eager attention
   stores (none with SDPA/flash), and fp32 logits ``2B T V 4``. An estimate: T is the worst
   case (batches pad to their longest pair); ``34 h`` assumes a 4h GELU MLP, not a gated one.
+  With gradient checkpointing each layer keeps only its input (``h`` values per token) and
+  one layer at a time is recomputed in full: ``(L + 17) h`` values per token, and one
+  layer's attention scores.
+* LoRA of rank ``s`` on the projections in ``lora_targets`` (:mod:`congrad.lora`): the
+  adapter has ``s (m + n)`` parameters per targeted ``(m, n)`` matrix, kept in fp32 (as
+  peft keeps them beside 16-bit weights), with fp32 gradients and two AdamW states; the
+  frozen base weights get no gradient, state or master copy. The tracked matrices are the
+  adapter's ``A (s, n)`` and ``B (m, s)``, so the EMA per language is
+  ``sum 4 min(r, s) (s + n) + 4 min(r, s) (m + s)`` over the targets and layers: the EMA
+  rank is capped by the LoRA rank (there the factors are exact).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from congrad.config import LORA_TARGETS
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -86,6 +99,10 @@ class MemoryPlan:
     activations_bytes: int
     attention_scores_bytes: int
     logits_bytes: int
+    lora_r: int | None = None
+    lora_targets: tuple[str, ...] = ()
+    adapter_parameters: int = 0
+    gradient_checkpointing: bool = False
 
     @property
     def ema_bytes(self) -> int:
@@ -122,8 +139,12 @@ def memory_plan(
     max_length: int,
     dtype_bytes: int,
     activation_bytes: int = 2,
+    lora_r: int | None = None,
+    lora_targets: Sequence[str] = LORA_TARGETS,
+    gradient_checkpointing: bool = False,
 ) -> MemoryPlan:
-    """The memory plan of a model described by its ``config.json`` (pure arithmetic).
+    """The memory plan of a model described by its ``config.json`` (pure arithmetic);
+    ``lora_r`` set: training a LoRA adapter of that rank on ``lora_targets``.
 
     >>> tiny = {"hidden_size": 4, "intermediate_size": 8, "num_hidden_layers": 1,
     ...         "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 16}
@@ -132,6 +153,8 @@ def memory_plan(
     (512, 1536, 576)
     """
     counts = {"rank": rank, "languages": languages, "batch size": batch_size, "length": max_length}
+    if lora_r is not None:
+        counts["LoRA rank"] = lora_r
     if bad := [f"{name} {value}" for name, value in counts.items() if value < 1]:
         raise PlanError(f"must be >= 1: {', '.join(bad)}")
     if isinstance(model_config.get("text_config"), dict) and "hidden_size" not in model_config:
@@ -160,6 +183,21 @@ def memory_plan(
     per_layer = sum(m * n for _, m, n in tracked) + 2 * hidden  # linears and two norms
     parameters = vocab * hidden * (1 if tied else 2) + layers * per_layer + hidden
     tokens = 2 * batch_size * max_length  # the chosen and the rejected of every pair
+    ema_matrices = [(m, n) for _, m, n in tracked]
+    trained, trained_bytes, master = parameters, dtype_bytes, dtype_bytes < 4
+    adapter = 0
+    if lora_r is not None:
+        known = {name for name, _, _ in tracked}
+        if unknown := sorted(set(lora_targets) - known):
+            raise PlanError(
+                f"LoRA targets {unknown} are not projections the plan knows: {sorted(known)}"
+            )
+        targeted = [(m, n) for name, m, n in tracked if name in set(lora_targets)]
+        ema_matrices = [shape for m, n in targeted for shape in ((lora_r, n), (m, lora_r))]
+        adapter = layers * sum(lora_r * (m + n) for m, n in targeted)
+        trained, trained_bytes, master = adapter, 4, False  # fp32 adapters, frozen base
+    stored_layers = layers + 17 if gradient_checkpointing else 17 * layers  # h-sized values
+    scored_layers = 1 if gradient_checkpointing else layers
     return MemoryPlan(
         model_type=model_type,
         layers=layers,
@@ -172,15 +210,25 @@ def memory_plan(
         activation_bytes=activation_bytes,
         parameters=parameters,
         tied_embeddings=tied,
-        ema_bytes_per_language=layers * sum(factored_bytes(m, n, rank) for _, m, n in tracked),
-        dense_ema_bytes_per_language=layers * sum(4 * m * n for _, m, n in tracked),
-        weights_bytes=parameters * dtype_bytes,
-        gradient_bytes=parameters * dtype_bytes,
-        optimizer_bytes=parameters * 8,
-        master_bytes=parameters * 4 if dtype_bytes < 4 else 0,
-        activations_bytes=layers * tokens * 17 * hidden * activation_bytes,
-        attention_scores_bytes=layers * tokens * 5 * heads * max_length * activation_bytes // 2,
+        ema_bytes_per_language=layers * sum(factored_bytes(m, n, rank) for m, n in ema_matrices),
+        dense_ema_bytes_per_language=layers * sum(4 * m * n for m, n in ema_matrices),
+        weights_bytes=parameters * dtype_bytes + adapter * 4,
+        gradient_bytes=trained * trained_bytes,
+        optimizer_bytes=trained * 8,
+        master_bytes=trained * 4 if master else 0,
+        activations_bytes=stored_layers * tokens * hidden * activation_bytes,
+        attention_scores_bytes=scored_layers
+        * tokens
+        * 5
+        * heads
+        * max_length
+        * activation_bytes
+        // 2,
         logits_bytes=tokens * vocab * 4,
+        lora_r=lora_r,
+        lora_targets=tuple(lora_targets) if lora_r is not None else (),
+        adapter_parameters=adapter,
+        gradient_checkpointing=gradient_checkpointing,
     )
 
 
@@ -196,6 +244,9 @@ def settings_from_config(config: RunConfig) -> dict[str, Any]:
         "max_length": config.train.max_length,
         "dtype": dtype,
         "activation_bytes": 2 if config.train.mixed_precision != "no" else DTYPE_BYTES[dtype],
+        "lora_r": config.model.lora.r if config.model.lora.enabled else None,
+        "lora_targets": list(config.model.lora.target_modules),
+        "gradient_checkpointing": config.train.gradient_checkpointing,
         "notes": [auto] if config.model.dtype == "auto" else [],
     }
 
@@ -203,7 +254,13 @@ def settings_from_config(config: RunConfig) -> dict[str, Any]:
 def plan_notes(plan: MemoryPlan) -> list[str]:
     """The assumptions a reader of this plan should know about."""
     notes = []
-    if plan.dtype_bytes < 4:
+    if plan.lora_r is not None:
+        notes.append(
+            f"LoRA r={plan.lora_r} on {', '.join(plan.lora_targets)}: only the adapter trains "
+            "(fp32, with its gradients and AdamW states); the EMA tracks its A and B matrices "
+            f"at rank min({plan.rank}, {plan.lora_r}); activations are planned as without LoRA"
+        )
+    elif plan.dtype_bytes < 4:
         notes.append(
             "16-bit weights are planned with fp32 master weights and AdamW states; congrad's "
             "trainer keeps AdamW states in the weights' dtype and no master copy. For real "
@@ -211,7 +268,8 @@ def plan_notes(plan: MemoryPlan) -> list[str]:
             "train.mixed_precision=bf16, as configs/paper/*.yaml do"
         )
     if plan.ema_ratio < 1:
-        notes.append(f"at rank {plan.rank} the factored EMA is larger than a dense one")
+        rank = min(plan.rank, plan.lora_r or plan.rank)
+        notes.append(f"at rank {rank} the factored EMA is larger than a dense one")
     return notes
 
 
@@ -277,15 +335,32 @@ def plan_table(plan: MemoryPlan, source: str) -> Table:
 
     weights = {2: "16-bit", 4: "fp32"}.get(plan.dtype_bytes, f"{plan.dtype_bytes}-byte")
     batch = f"{2 * plan.batch_size} sequences x {plan.max_length} tokens"
+    params = f"{plan.parameters / 1e9:.2f} B parameters"
+    trained, ema_basis = f"gradients ({weights})", f"rank {plan.rank}, fp32 factors"
+    grads_basis, adam_basis = "same dtype as the weights", "2 x fp32 per parameter"
+    if plan.lora_r is not None:
+        adapter = f"{plan.adapter_parameters / 1e6:.1f} M"
+        params += f" + LoRA r={plan.lora_r}: {adapter} fp32"
+        trained, grads_basis = "gradients (LoRA, fp32)", f"adapter only ({adapter} parameters)"
+        adam_basis = "2 x fp32 per adapter parameter"
+        ema_basis = f"LoRA A and B at rank {min(plan.rank, plan.lora_r)}, fp32 factors"
+    master_basis = "mixed precision with 16-bit weights"
+    if plan.lora_r is not None:
+        master_basis = "none: the base weights are frozen"
+    recompute = ", checkpointed" if plan.gradient_checkpointing else ""
     rows = [
-        (f"weights ({weights})", plan.weights_bytes, f"{plan.parameters / 1e9:.2f} B parameters"),
-        (f"gradients ({weights})", plan.gradient_bytes, "same dtype as the weights"),
-        ("AdamW states", plan.optimizer_bytes, "2 x fp32 per parameter"),
-        ("fp32 master weights", plan.master_bytes, "mixed precision with 16-bit weights"),
-        ("activations (estimate)", plan.activations_bytes, f"one LP-DPO minibatch: {batch}"),
+        (f"weights ({weights})", plan.weights_bytes, params),
+        (trained, plan.gradient_bytes, grads_basis),
+        ("AdamW states", plan.optimizer_bytes, adam_basis),
+        ("fp32 master weights", plan.master_bytes, master_basis),
+        (
+            "activations (estimate)",
+            plan.activations_bytes,
+            f"one LP-DPO minibatch: {batch}{recompute}",
+        ),
         ("attention scores (est.)", plan.attention_scores_bytes, "eager only; 0 with SDPA/flash"),
         ("logits (fp32)", plan.logits_bytes, f"{plan.activation_bytes}-byte activations above"),
-        ("EMA per language", plan.ema_bytes_per_language, f"rank {plan.rank}, fp32 factors"),
+        ("EMA per language", plan.ema_bytes_per_language, ema_basis),
         ("EMA total", plan.ema_bytes, f"{plan.languages} languages"),
         ("training total", plan.training_bytes, "all of the above, one device"),
         ("dense EMA per language", plan.dense_ema_bytes_per_language, "not stored: full rank"),
@@ -294,7 +369,9 @@ def plan_table(plan: MemoryPlan, source: str) -> Table:
     table = Table(
         title=f"congrad plan: {source}\n{plan.model_type}, {plan.layers} layers, {tied} embeddings",
         caption=f"GB = 10^9 bytes, GiB = 2^30. Dense EMA / factored = {plan.ema_ratio:.1f}x. "
-        "Activations: Korthikanti et al. (2022), no recomputation, worst-case length.",
+        "Activations: Korthikanti et al. (2022), "
+        + ("recomputed per layer" if plan.gradient_checkpointing else "no recomputation")
+        + ", worst-case length.",
     )
     for column in ("part", "GB", "GiB", "basis"):
         table.add_column(column, justify="right" if column in ("GB", "GiB") else "left")

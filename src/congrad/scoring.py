@@ -32,6 +32,7 @@ from typing import Any, Literal, cast
 import torch
 from torch import nn
 
+from congrad.checkpointing import checkpointing_disabled
 from congrad.consensus import Consensus
 from congrad.distributed import is_main, map_in_waves
 from congrad.encoding import PairBatch, collate_pairs, encode_pair, pad_token_id_of
@@ -45,14 +46,16 @@ _MATERIALIZE_CHUNK_BYTES = 256 * 2**20
 
 @contextlib.contextmanager
 def frozen_for_scoring(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no weight gradients for the duration; both restored afterwards."""
+    """Eval mode, no weight gradients and no gradient checkpointing (each tracked layer
+    must run once per forward) for the duration; all restored afterwards."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
     was_training = model.training
     try:
         for parameter, _ in flags:
             parameter.requires_grad_(False)
         model.eval()
-        yield
+        with checkpointing_disabled(model):
+            yield
     finally:
         for parameter, flag in flags:
             parameter.requires_grad_(flag)
@@ -133,7 +136,7 @@ def _register_hooks(
             if calls[name] > 1:
                 raise NotImplementedError(
                     f"tracked layer {name} ran twice in one forward (weight sharing or "
-                    "gradient checkpointing); one-pass scoring needs one call per layer"
+                    "activation recomputation); one-pass scoring needs one call per layer"
                 )
             if output.requires_grad:
                 inputs = args[0].detach()

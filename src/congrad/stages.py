@@ -232,6 +232,7 @@ def run_filter(runner: Runner, round_index: int) -> dict[str, Any]:
 
 
 def run_train(runner: Runner, round_index: int) -> dict[str, Any]:
+    from congrad.lora import attach_adapter, merge_adapter
     from congrad.train import save_round_model, train_round
 
     config = runner.config
@@ -254,6 +255,7 @@ def run_train(runner: Runner, round_index: int) -> dict[str, Any]:
     schedule, schedule_facts = _schedule(runner, pairs, round_index)
     model, tokenizer = runner.model_for(round_index)
     runner.set_model_round(None)  # the weights change in place: not M_{t-1} any more
+    model = attach_adapter(model, config.model.lora)  # LoRA: a fresh adapter (congrad.lora)
     result, ema = train_round(
         model,
         tokenizer,
@@ -265,6 +267,7 @@ def run_train(runner: Runner, round_index: int) -> dict[str, Any]:
         schedule=schedule,
         progress=runner.progress,
     )
+    model = merge_adapter(model)  # LoRA: M_t = M_{t-1} + (alpha/r) B A, on EVERY rank
     runner.set_model_round(round_index)
     if not distributed.is_main():  # every rank holds the same weights and EMA
         return {}

@@ -13,6 +13,12 @@ reference), each folded into its language's EMA, with no optimizer step. Then pa
 scored against the PCGrad consensus exactly as in the loop. Under a multi-process launcher
 (``torchrun``) the gradient pass and the scoring are shared by the ranks and the main
 process writes the files.
+
+With ``model.lora.enabled`` the EMA and the scores are over a fresh adapter's matrices
+(:mod:`congrad.lora`, the same fixed-seed ``A`` as a LoRA run's rounds). At ``B = 0`` only
+``B`` has a gradient, ``(alpha / r) G A^T``: the pairs are compared through a random
+projection ``A`` of their full-weight gradients ``G`` (cheaper EMA, a sketch of the full
+cosine). An ``--ema`` from a LoRA run needs the same ``model.lora`` settings.
 """
 
 from __future__ import annotations

@@ -53,9 +53,11 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from congrad import distributed
 from congrad.atomic import remove_stale_temporaries
+from congrad.checkpointing import enable_gradient_checkpointing
 from congrad.config import EMAConfig, TrainConfig
 from congrad.encoding import PairBatch, collate_pairs, encode_pair, pad_token_id_of
 from congrad.gradient_ema import GradientEMA
+from congrad.lora import merge_adapter
 from congrad.losses import lp_dpo_loss, sequence_logps
 from congrad.lowrank import stable_seed
 from congrad.records import PreferencePair
@@ -275,6 +277,7 @@ def train_round(
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=train.learning_rate)
     scheduler = LambdaLR(optimizer, lambda step: _lr_factor(step, total_steps, warmup))
     prepared, optimizer = accelerator.prepare(model, optimizer)
+    undo_checkpointing = enable_gradient_checkpointing(model, train)  # congrad.checkpointing
     rows: list[StepLog] = []
     pair_losses: dict[str, list[float]] = {}
     try:
@@ -322,6 +325,7 @@ def train_round(
             optimizer.zero_grad(set_to_none=True)
             rows[-len(window) :] = [replace(r, grad_norm=grad_norm) for r in rows[-len(window) :]]
     finally:
+        undo_checkpointing()
         model.zero_grad(set_to_none=True)
         accelerator.unwrap_model(prepared, keep_fp32_wrapper=False)  # drops autocast wrappers
         model.eval()
@@ -336,7 +340,9 @@ def train_round(
 def save_round_model(model: Any, tokenizer: Any, folder: str | os.PathLike[str]) -> None:
     """Save weights (safetensors) and tokenizer to ``folder`` via a fsynced hidden sibling
     renamed into place (an old ``folder`` is renamed aside, then removed): ``folder`` never
-    holds a half-written model, only the old complete one, briefly nothing, or the new one."""
+    holds a half-written model, only the old complete one, briefly nothing, or the new one.
+    A LoRA adapter is merged into the weights first (in place): the folder is a plain model."""
+    model = merge_adapter(model)  # LoRA: save M_t = M_{t-1} + (alpha/r) B A (congrad.lora)
     target = Path(folder)
     # A save killed mid-way leaves a model-sized staging folder (.model.<pid>.*.tmp) that
     # no cleanup ran for: remove such leftovers, so crashes cost no disk.
