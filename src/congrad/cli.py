@@ -113,6 +113,10 @@ def _load(args: argparse.Namespace) -> Any:
     config = load_config(args.config, list(args.overrides))
     if args.command != "show-config":
         check_model_source(getattr(args, "model", None) or config.model.name_or_path)
+    if args.command in ("run", "generate", "judge", "evaluate", "compare"):
+        from congrad.vllm_engine import check_vllm_available
+
+        check_vllm_available(config)  # before any stage runs, not after round 1's prompts
     return config
 
 
@@ -125,8 +129,8 @@ def _run(args: argparse.Namespace) -> int:
     config = _load(args)
     prepare_run_dir(config, force=args.force)
     console = Console(stderr=True)
-    runner = Runner(config, progress=not args.quiet, log=lambda m: console.print(m))
-    runner.run_all()
+    with Runner(config, progress=not args.quiet, log=lambda m: console.print(m)) as runner:
+        runner.run_all()
     Console(width=max(Console().width, 100)).print(build_summary(config).table())
     print(f"run folder: {config.output_dir}")
     return 0
@@ -143,9 +147,9 @@ def _stage(args: argparse.Namespace) -> int:
         return 2
     prepare_run_dir(config, force=args.force)
     console = Console(stderr=True)
-    runner = Runner(config, progress=not args.quiet, log=lambda m: console.print(m))
-    if not runner.run_stage(args.command, args.round):
-        console.print(f"round {args.round}: {args.command} is already complete")
+    with Runner(config, progress=not args.quiet, log=lambda m: console.print(m)) as runner:
+        if not runner.run_stage(args.command, args.round):
+            console.print(f"round {args.round}: {args.command} is already complete")
     return 0
 
 
@@ -185,9 +189,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     _check_judge_key(config)
     prepare_run_dir(config, force=args.force)
     console = Console(stderr=True)
-    runner = Runner(config, progress=not args.quiet, log=lambda m: console.print(m))
     rounds = None if args.round is None else [args.round]
-    runner.evaluate(rounds)
+    with Runner(config, progress=not args.quiet, log=lambda m: console.print(m)) as runner:
+        runner.evaluate(rounds)
     Console(width=max(Console().width, 160)).print(evaluation_table(config.output_dir, rounds))
     return 0
 
