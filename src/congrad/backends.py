@@ -71,6 +71,33 @@ def render_chat(tokenizer: Any, user_message: str, assistant_prefix: str = "") -
     return str(text) + assistant_prefix
 
 
+def eos_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
+    """The ids that end a turn: the tokenizer's EOS and the generation config's (a chat
+    model often ends turns with a token other than its tokenizer's EOS), sorted."""
+    ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
+    configured = getattr(generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(i) for i in configured)
+    return sorted(ids)
+
+
+def decode_generation(
+    tokenizer: Any, row: Sequence[int], eos_ids: Sequence[int], stopped: bool = False
+) -> Generation:
+    """A :class:`Generation` from generated token ids: cut at the first EOS (which is not
+    counted), special tokens dropped, whitespace stripped. ``stopped``: the engine said
+    the turn ended even though no EOS id is in ``row`` (vLLM may leave the stop token out)."""
+    row, finished = list(row), stopped
+    for position, token in enumerate(row):
+        if token in eos_ids:
+            row, finished = row[:position], True
+            break
+    text = tokenizer.decode(row, skip_special_tokens=True).strip()
+    return Generation(text=text, num_tokens=len(row), finished=finished)
+
+
 class _SeededSampler:
     """A logits processor that draws each row's next token with that row's generator,
     after temperature and top-p, and leaves only that token finite."""
@@ -162,24 +189,10 @@ class HFBackend:
         return outputs
 
     def _eos_ids(self) -> list[int]:
-        ids = (
-            {int(self.tokenizer.eos_token_id)} if self.tokenizer.eos_token_id is not None else set()
-        )
-        configured = getattr(self.model.generation_config, "eos_token_id", None)
-        if isinstance(configured, int):
-            ids.add(configured)
-        elif configured:
-            ids.update(int(i) for i in configured)
-        return sorted(ids)
+        return eos_token_ids(self.tokenizer, self.model.generation_config)
 
     def _decode(self, row: list[int], eos_ids: list[int]) -> Generation:
-        finished = False
-        for position, token in enumerate(row):
-            if token in eos_ids:
-                row, finished = row[:position], True
-                break
-        text = self.tokenizer.decode(row, skip_special_tokens=True).strip()
-        return Generation(text=text, num_tokens=len(row), finished=finished)
+        return decode_generation(self.tokenizer, row, eos_ids)
 
     @torch.no_grad()
     def next_token_logprobs(
@@ -201,69 +214,122 @@ class HFBackend:
 
 
 class VLLMBackend:
-    """vLLM engine (GPU only; imported lazily). Prompts go in as token ids from our own
-    tokenizer, so the chat template is rendered exactly as in the ``hf`` backend; each
-    request carries its record's seed. Written against vLLM's ``LLM`` API but not run
-    in this project's CI, which has no GPU."""
+    """A vLLM engine serving one model folder (GPU; ``vllm`` imported here, not at import).
 
-    def __init__(self, model_path: str, tokenizer: Any, **engine_args: Any) -> None:
-        try:
-            import vllm
-        except ImportError as error:
-            raise RuntimeError(
-                "generate.backend=vllm needs the vllm package on a CUDA machine "
-                "(pip install vllm); use generate.backend=hf on CPU"
-            ) from error
-        self._vllm = vllm
-        self.tokenizer = tokenizer
-        self.engine = vllm.LLM(model=model_path, tokenizer=model_path, **engine_args)
+    Prompts go in as token ids from our own tokenizer (``TokensPrompt``), so the chat
+    template is rendered exactly as in the ``hf`` backend, and the generated ids come back
+    decoded by that tokenizer with the ``hf`` backend's rule (:func:`decode_generation`),
+    so both backends' texts mean the same. Every request carries its record's seed
+    (``SamplingParams(seed=...)``). Log-probabilities: see :meth:`next_token_logprobs`.
+    :meth:`close` shuts the engine down and frees its GPU memory
+    (:func:`congrad.vllm_engine.shutdown_engine`). Built by
+    :class:`congrad.vllm_engine.EngineCache`; tested against a fake ``vllm`` module
+    (tests/fake_vllm.py), never against a real GPU engine in this project's CI.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        tokenizer: Any,
+        *,
+        engine_args: dict[str, Any],
+        eos_ids: Sequence[int],
+    ) -> None:
+        from congrad.vllm_engine import import_vllm
+
+        self._vllm = import_vllm()
+        from vllm.inputs import TokensPrompt  # a TypedDict: {"prompt_token_ids": [...]}
+
+        self._tokens_prompt = TokensPrompt
+        self.tokenizer, self.model_path = tokenizer, model_path
+        self.eos_ids = sorted({int(i) for i in eos_ids})
+        self.max_logprobs = int(engine_args.get("max_logprobs", 20))
+        self.max_model_len = engine_args.get("max_model_len")
+        from congrad.vllm_engine import distributed_is_set_up
+
+        self._owns_distributed = not distributed_is_set_up()
+        self.engine: Any = self._vllm.LLM(model=model_path, tokenizer=model_path, **engine_args)
 
     def chat_prompt(self, user_message: str, assistant_prefix: str = "") -> str:
         return render_chat(self.tokenizer, user_message, assistant_prefix)
 
     def _token_prompts(self, prompts: Sequence[str]) -> list[Any]:
-        return [
-            {"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]}
-            for p in prompts
-        ]
+        token_prompts = []
+        for prompt in prompts:
+            ids = list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            if self.max_model_len is not None and len(ids) >= self.max_model_len:
+                raise ValueError(
+                    f"a prompt of {len(ids)} tokens does not fit the vLLM context of "
+                    f"generate.vllm.max_model_len={self.max_model_len}: raise it (or unset "
+                    "it for the model's own length)"
+                )
+            token_prompts.append(self._tokens_prompt(prompt_token_ids=ids))
+        return token_prompts
 
     def generate(
         self, prompts: Sequence[str], params: SamplingParams, seeds: Sequence[int]
     ) -> list[Generation]:
+        if len(prompts) != len(seeds):
+            raise ValueError("generate needs one seed per prompt")
+        sampled = params.temperature > 0
         requests = [
             self._vllm.SamplingParams(
                 n=1,
                 max_tokens=params.max_new_tokens,
-                temperature=params.temperature,
-                top_p=params.top_p if params.temperature > 0 else 1.0,
-                seed=int(seed) % 2**31,
-                skip_special_tokens=True,
+                temperature=params.temperature if sampled else 0.0,
+                top_p=params.top_p if sampled else 1.0,
+                seed=int(seed),  # stable_seed: 63 bits, fits vLLM's int64
+                stop_token_ids=list(self.eos_ids),
+                detokenize=False,  # decoded below with our tokenizer, as the hf backend does
             )
             for seed in seeds
         ]
         outputs = self.engine.generate(self._token_prompts(prompts), requests, use_tqdm=False)
         results = []
-        for output in outputs:
+        for output in outputs:  # LLM.generate returns outputs in the order of its inputs
             best = output.outputs[0]
-            results.append(
-                Generation(
-                    text=best.text.strip(),
-                    num_tokens=len(best.token_ids),
-                    finished=best.finish_reason == "stop",
-                )
-            )
+            stopped = best.finish_reason == "stop"
+            results.append(decode_generation(self.tokenizer, best.token_ids, self.eos_ids, stopped))
         return results
 
     def next_token_logprobs(
         self, prompts: Sequence[str], candidate_ids: Sequence[int]
     ) -> torch.Tensor:
-        # vLLM returns the top-k next-token log-probs; candidates outside them get -inf.
-        request = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=20)
+        """``(N, C)`` next-token log-probs, log-softmax over the full vocabulary as in the
+        ``hf`` backend, read from vLLM's top ``max_logprobs`` of one sampled token.
+
+        The request samples at temperature 1 with no top-p/top-k and no penalties, so the
+        log-probs are the model's raw ones whichever way vLLM reports them (vLLM V1
+        returns raw log-probs by default; V0 returned them after temperature and
+        penalties, identities here). vLLM returns only the top ``max_logprobs`` tokens
+        (plus the sampled one): a candidate outside them gets ``-inf``, probability 0,
+        though its true probability may be up to that of the ``max_logprobs``-th likeliest
+        token. So a digit or verdict that rare is dropped from the expectation (a judge
+        that answers with a score puts its digits on top); raise
+        ``generate.vllm.max_logprobs`` (up to the vocabulary size) to make the table exact.
+        """
+        request = self._vllm.SamplingParams(
+            n=1,
+            max_tokens=1,
+            temperature=1.0,
+            top_p=1.0,
+            seed=0,  # the sampled token is not used
+            logprobs=self.max_logprobs,
+            detokenize=False,
+        )
         outputs = self.engine.generate(self._token_prompts(prompts), request, use_tqdm=False)
         table = torch.full((len(prompts), len(candidate_ids)), float("-inf"))
         for row, output in enumerate(outputs):
-            top = output.outputs[0].logprobs[0]
+            top = output.outputs[0].logprobs[0]  # {token id: Logprob} of the first token
             for column, token_id in enumerate(candidate_ids):
                 if token_id in top:
                     table[row, column] = float(top[token_id].logprob)
         return table
+
+    def close(self) -> None:
+        """Shut the engine down and free its GPU memory; idempotent."""
+        from congrad.vllm_engine import shutdown_engine
+
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            shutdown_engine(engine, owns_distributed=self._owns_distributed)

@@ -122,6 +122,10 @@ def _load(args: argparse.Namespace) -> Any:
     if args.command != "show-config":
         check_model_source(getattr(args, "model", None) or config.model.name_or_path)
         check_lora_available(config.model.lora)
+    if args.command in ("run", "generate", "judge", "evaluate", "compare"):
+        from congrad.vllm_engine import check_vllm_available
+
+        check_vllm_available(config)  # before any stage runs, not after round 1's prompts
     return config
 
 
@@ -159,7 +163,8 @@ def _run(args: argparse.Namespace) -> int:
     from congrad.summary import build_summary
 
     config = _load(args)
-    _runner(config, args).run_all()
+    with _runner(config, args) as runner:
+        runner.run_all()
     if is_main():
         Console(width=max(Console().width, 100)).print(build_summary(config).table())
         print(f"run folder: {config.output_dir}")
@@ -173,9 +178,9 @@ def _stage(args: argparse.Namespace) -> int:
     if not 1 <= args.round <= config.rounds:
         print(f"congrad: --round must lie in 1..{config.rounds}", file=sys.stderr)
         return 2
-    runner = _runner(config, args)
-    if not runner.run_stage(args.command, args.round) and is_main():
-        print(f"round {args.round}: {args.command} is already complete", file=sys.stderr)
+    with _runner(config, args) as runner:
+        if not runner.run_stage(args.command, args.round) and is_main():
+            print(f"round {args.round}: {args.command} is already complete", file=sys.stderr)
     return 0
 
 
@@ -215,9 +220,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"congrad: --round must lie in 1..{config.rounds}", file=sys.stderr)
         return 2
     _check_judge_key(config)
-    runner = _runner(config, args)
     rounds = None if args.round is None else [args.round]
-    runner.evaluate(rounds)
+    with _runner(config, args) as runner:
+        runner.evaluate(rounds)
     from congrad.distributed import is_main
 
     if is_main():

@@ -239,11 +239,11 @@ def run_comparison(
     for planned, config in zip(plan, configs, strict=True):
         log(f"[bold]{planned.name}[/bold]: {config.output_dir}")
         prepare_run_dir(config, force=force)
-        runner = Runner(config, progress=progress, log=log)
-        shared = share_completed(runner, finished)
-        if shared:
-            log(f"{planned.name}: shared " + ", ".join(f"round {r} {s}" for r, s in shared))
-        runner.run_all()
-        runner.evaluate()
+        with Runner(config, progress=progress, log=log) as runner:
+            shared = share_completed(runner, finished)
+            if shared:
+                log(f"{planned.name}: shared " + ", ".join(f"round {r} {s}" for r, s in shared))
+            runner.run_all()
+            runner.evaluate()
         finished.append(Path(config.output_dir))
     return build_report(root)

@@ -117,9 +117,74 @@ class PromptsConfig(_Section):
         return value
 
 
+_VLLM_OWN_KEYS = {
+    "model": "model.name_or_path (each round's engine loads M_{t-1} from its folder)",
+    "tokenizer": "nothing: the tokenizer is read from the model folder",
+    "seed": "the run's seed",
+    "trust_remote_code": "model.trust_remote_code (the tokenizer and the engine must agree)",
+    "skip_tokenizer_init": "nothing: congrad passes token ids and decodes them itself",
+}
+
+
+def _check_plain_data(value: Any, where: str, depth: int = 0) -> None:
+    """Refuse anything but YAML's plain data (str, number, bool, null, list, mapping)."""
+    if depth > 8:
+        raise ValueError(f"{where} is nested too deeply")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{where}: key {key!r} must be text")
+            _check_plain_data(item, f"{where}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_plain_data(item, f"{where}[{index}]", depth + 1)
+    elif value is not None and not isinstance(value, str | int | float | bool):
+        raise ValueError(f"{where} must be plain data, not {type(value).__name__}")
+
+
+class VLLMConfig(_Section):
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs one vLLM engine shards the model over (tensor parallelism), on the main process."""
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    """Share of each GPU's memory the engine takes for weights, activations and KV cache."""
+    max_model_len: int | None = Field(None, ge=1)
+    """Engine context length (prompt + response tokens); unset: the model's. Lower it when
+    the KV cache does not fit."""
+    enforce_eager: bool = False
+    """Skip CUDA-graph capture: slower decoding, faster engine start, less memory."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
+    """Engine dtype; unset: what ``model.dtype`` resolves to, as the ``hf`` backend uses
+    (``auto`` here is vLLM's rule: float32 checkpoints run in float16)."""
+    max_logprobs: int = Field(20, ge=1)
+    """Top log-probs the engine returns per token; logprob judging sees a score or
+    verdict token only among these (the rest count as probability 0)."""
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    """Further ``vllm.LLM`` keyword arguments as plain data, e.g. ``{max_num_seqs: 256}``."""
+
+    @field_validator("engine_args")
+    @classmethod
+    def _plain_and_not_ours(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _check_plain_data(value, "engine_args")
+        for key in value:
+            if not key.isidentifier():
+                raise ValueError(f"engine_args key {key!r} is not a keyword argument name")
+            if key in cls.model_fields and key != "engine_args":
+                raise ValueError(f"engine_args.{key}: set generate.vllm.{key} instead")
+            if key in _VLLM_OWN_KEYS:
+                raise ValueError(f"engine_args.{key} is set by congrad: use {_VLLM_OWN_KEYS[key]}")
+        return value
+
+
+VLLM_RESOURCE_KEYS = ("generate.vllm.gpu_memory_utilization", "generate.vllm.enforce_eager")
+"""vLLM settings that change how much memory and time the engine takes, not what it
+samples: they may change between invocations of a run (after an out-of-memory error, say)
+without ``--force`` and without redoing finished stages."""
+
+
 class GenerateConfig(_Section):
     backend: Literal["hf", "vllm"] = "hf"
-    """``hf`` (transformers generate) or ``vllm`` (GPU only)."""
+    """``hf`` (transformers generate) or ``vllm`` (GPU only): generation, self-judging and
+    evaluation answers."""
     num_samples: int = Field(4, ge=2)
     """Responses sampled per prompt (k)."""
     max_new_tokens: int = Field(64, ge=1)
@@ -129,7 +194,18 @@ class GenerateConfig(_Section):
     top_p: float = Field(0.9, gt=0, le=1)
     """Nucleus sampling mass."""
     batch_size: int = Field(16, ge=1)
-    """Prompts per generate call."""
+    """Prompts per generate call (with vLLM: requests handed to the engine at once, which
+    it batches itself; a few hundred keeps it busy)."""
+    vllm: VLLMConfig = VLLMConfig()
+
+    def engine_identity(self) -> dict[str, Any] | None:
+        """The settings that decide what the backend samples, for stage fingerprints:
+        None for ``hf`` (so its fingerprints never see the vLLM section), else the
+        ``vllm`` section without :data:`VLLM_RESOURCE_KEYS`."""
+        if self.backend == "hf":
+            return None
+        skip = {key.rsplit(".", 1)[1] for key in VLLM_RESOURCE_KEYS}
+        return {"backend": self.backend, **self.vllm.model_dump(mode="json", exclude=skip)}
 
 
 class JudgeConfig(_Section):

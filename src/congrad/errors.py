@@ -16,6 +16,7 @@ from congrad.modeling import ModelLoadError
 from congrad.offline_models import OfflineModelError
 from congrad.planning import PlanError
 from congrad.tables import DataError
+from congrad.vllm_engine import VLLMUnavailable
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     ArtifactError,
@@ -30,4 +31,5 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     OfflineModelError,
     PlanError,
     FileNotFoundError,
+    VLLMUnavailable,
 )

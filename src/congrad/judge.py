@@ -244,12 +244,16 @@ def expected_score(
 
     >>> expected_score([(3, 10), (4, 11), (4, 12)], [math.log(0.2), math.log(0.3), math.log(0.1)])
     (3.666..., 0.6...)
+    >>> expected_score([(3, 10), (4, 11)], [-math.inf, -math.inf], min_mass=0.0)
+    (None, 0.0)
     """
     probabilities = dict.fromkeys(sorted({digit for digit, _ in candidates}), 0.0)
     for (digit, _), logprob in zip(candidates, logprobs, strict=True):
         probabilities[digit] += math.exp(logprob)
     mass = sum(probabilities.values())
-    if not mass >= min_mass:  # also catches NaN
+    # NaN fails the comparison; zero mass (no digit among a vLLM engine's top log-probs,
+    # or all underflowed) has no expectation even at min_mass 0.
+    if not mass >= min_mass or mass == 0.0:
         return None, mass
     return sum(digit * p for digit, p in probabilities.items()) / mass, mass
 

@@ -36,7 +36,15 @@ from typing import Any
 
 from congrad.artifacts import fingerprint, read_manifest, round_dir, write_manifest
 from congrad.atomic import write_text_atomic
-from congrad.config import ConfigError, RunConfig, config_changes, config_to_yaml, load_config
+from congrad.config import (
+    VLLM_RESOURCE_KEYS,
+    ConfigError,
+    RunConfig,
+    config_changes,
+    config_to_yaml,
+    load_config,
+)
+from congrad.vllm_engine import ENGINE_STAGES, EngineCache
 
 STAGES = ("prompts", "generate", "judge", "pairs", "filter", "train")
 COLLECTIVE_STAGES = ("generate", "judge", "filter", "train")
@@ -97,7 +105,12 @@ def prepare_run_dir(config: RunConfig, *, force: bool = False) -> Path:
             raise ConfigError(f"{saved} no longer loads ({error}); use a new output_dir") from None
         # Evaluation settings (another judge, more prompts) never touch training artifacts,
         # and their stages rerun by fingerprint: changing them needs no --force.
-        changed = [k for k in config_changes(previous, config) if not k.startswith("evaluate.")]
+        # Nor do the vLLM engine's memory settings (lowered after an out-of-memory error).
+        changed = [
+            k
+            for k in config_changes(previous, config)
+            if not k.startswith("evaluate.") and k not in VLLM_RESOURCE_KEYS
+        ]
         if changed and not force:
             raise ConfigError(
                 f"{folder} was run with a different config; changed keys: {', '.join(changed)}. "
@@ -119,6 +132,8 @@ class Runner:
     _tokenizer: Any = None
     _model_round: int | None = None  # the loaded weights are the output of this round
     timings: dict[tuple[int, str], float] = field(default_factory=dict)
+    engines: EngineCache = field(default_factory=EngineCache)
+    """The live vLLM engine, if any (``generate.backend=vllm``; congrad.vllm_engine)."""
 
     # -- bookkeeping -------------------------------------------------------------------
 
@@ -128,14 +143,17 @@ class Runner:
     def _settings(self, stage: str, round_index: int) -> Any:
         c = self.config
         common = {"seed": c.seed, "round": round_index}
+        # The vLLM settings that decide what is sampled; none with the hf backend.
+        engine = [identity] if (identity := c.generate.engine_identity()) else []
         return {
             "prompts": [common, c.prompts.model_dump(mode="json")],
             "generate": [
                 common,
                 c.model.model_dump(mode="json"),
-                c.generate.model_dump(mode="json"),
+                c.generate.model_dump(mode="json", exclude={"vllm"}),
+                *engine,
             ],
-            "judge": [common, c.judge.model_dump(mode="json")],
+            "judge": [common, c.judge.model_dump(mode="json"), *engine],
             "pairs": [common],
             # Round 1 keeps every pair whatever the strategy: no filter setting matters, so
             # every strategy's round 1 has one fingerprint (congrad compare shares it).
@@ -148,10 +166,10 @@ class Runner:
                 c.train.max_length,
             ],
             "train": [common, c.train.model_dump(mode="json"), c.ema.model_dump(mode="json")],
-            **self._eval_settings(common),
+            **self._eval_settings(common, engine),
         }[stage]
 
-    def _eval_settings(self, common: dict[str, Any]) -> dict[str, list[Any]]:
+    def _eval_settings(self, common: dict[str, Any], engine: list[Any]) -> dict[str, list[Any]]:
         c, evaluate = self.config, self.config.evaluate
         judge = evaluate.judge
         # What decides a verdict; concurrency, retries, timeout and the cache path do not.
@@ -170,7 +188,7 @@ class Runner:
         answers = evaluate.model_dump(mode="json", exclude={"judge", "mcq", "bootstrap"})
         answers["languages"] = evaluate.eval_languages(c.prompts.languages)
         return {
-            "answers": [common, c.model.model_dump(mode="json"), answers],
+            "answers": [common, c.model.model_dump(mode="json"), answers, *engine],
             "mcq": [common, c.model.model_dump(mode="json"), evaluate.mcq.model_dump(mode="json")],
             "verdicts": [common, judge_identity, evaluate.bootstrap, c.prompts.languages],
         }
@@ -240,6 +258,7 @@ class Runner:
         from congrad.modeling import load_model
 
         if self._model_round != wanted:
+            self.engines.close()  # never an HF model beside a live vLLM engine
             self._model = self._tokenizer = None
             path = None if wanted == 0 else self.folder(wanted) / "model"
             self._model, self._tokenizer = load_model(
@@ -247,6 +266,26 @@ class Runner:
             )
             self._model_round = wanted
         return self._model, self._tokenizer
+
+    def close(self) -> None:
+        """Shut down the live vLLM engine, if any (the HF model goes with the runner)."""
+        self.engines.close()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def release_model(self) -> None:
+        """Drop the in-memory HF model and free its GPU memory (before a vLLM engine
+        takes the GPU); the next :meth:`model_after` loads it again."""
+        if self._model is None:
+            return
+        from congrad.vllm_engine import free_accelerator_memory
+
+        self._model = self._tokenizer = self._model_round = None
+        free_accelerator_memory()
 
     def set_model_round(self, round_index: int | None) -> None:
         """Record whose output the in-memory weights are (None: mid-training, unusable)."""
@@ -268,6 +307,8 @@ class Runner:
         self.expected_fingerprint(stage, round_index)  # raises StageNotReady early
         from congrad import distributed, eval_stages, stages
 
+        if stage not in ENGINE_STAGES:
+            self.engines.close()  # an engine holds most of the GPU: free it for the HF model
         start = time.perf_counter()
         main = distributed.is_main()
         if main:
@@ -282,6 +323,8 @@ class Runner:
         if main or self.collective(stage):
             module = eval_stages if stage in EVAL_STAGES else stages
             facts = getattr(module, f"run_{stage}")(self, round_index)
+        elif stage in ENGINE_STAGES and self.config.generate.backend == "vllm":
+            self.release_model()  # the main process's engine may span this rank's GPU (TP)
         seconds = time.perf_counter() - start
         self.timings[(round_index, stage)] = seconds
         if main:

@@ -64,7 +64,7 @@ def load_model(
     config: ModelConfig, path: str | Path | None = None, *, seed: int = 0
 ) -> tuple[Any, Any]:
     """The seed model (``path`` None) or a saved round's model folder at ``path``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     device = pick_device()
     dtype = resolve_dtype(config.dtype, device)
@@ -80,18 +80,34 @@ def load_model(
         source = resolve_model_path(config.name_or_path)
     else:
         source = str(path)
+    tokenizer = load_tokenizer(config, source)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            source, trust_remote_code=config.trust_remote_code
-        )
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, trust_remote_code=config.trust_remote_code
         )
     except OSError as error:  # transformers reports missing files and hub failures so
-        raise ModelLoadError(
-            f"could not load model {source!r}: {error}. Give a local model folder, a hub id "
-            "you can reach, 'smollm2' or 'tiny-random' as model.name_or_path."
-        ) from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # padding is always masked out
+        raise _load_error(source, error) from None
     return cast(Any, model).to(device).eval(), tokenizer
+
+
+def load_tokenizer(config: ModelConfig, source: str | Path) -> Any:
+    """The tokenizer of the model at ``source`` (a folder or hub id), without its weights;
+    a missing pad token is the EOS token (padding is always masked out)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(source), trust_remote_code=config.trust_remote_code
+        )
+    except OSError as error:
+        raise _load_error(str(source), error) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _load_error(source: str, error: OSError) -> ModelLoadError:
+    return ModelLoadError(
+        f"could not load model {source!r}: {error}. Give a local model folder, a hub id "
+        "you can reach, 'smollm2' or 'tiny-random' as model.name_or_path."
+    )

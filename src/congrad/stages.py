@@ -68,18 +68,15 @@ def load_pairs(runner: Runner, round_index: int) -> list[PreferencePair]:
 
 
 def _backend(runner: Runner, round_index: int, batch_size: int) -> Any:
-    from congrad.backends import HFBackend, VLLMBackend
+    """The generation backend serving round ``round_index``'s starting weights M_{t-1}.
+
+    ``vllm``: the runner's engine cache builds (or reuses) an engine that loads M_{t-1}
+    from its folder; no HF model is loaded, only the tokenizer (congrad.vllm_engine)."""
+    if runner.config.generate.backend == "vllm":
+        return runner.engines.backend(runner, round_index - 1)
+    from congrad.backends import HFBackend
 
     model, tokenizer = runner.model_for(round_index)
-    if runner.config.generate.backend == "vllm":
-        # vLLM loads the weights itself, from the folder of the round's starting model.
-        from congrad.offline_models import resolve_model_path
-
-        if round_index == 1:
-            path = resolve_model_path(runner.config.model.name_or_path)
-        else:
-            path = str(runner.folder(round_index - 1) / "model")
-        return VLLMBackend(path, tokenizer)
     return HFBackend(model, tokenizer, batch_size=batch_size)
 
 
