@@ -1,8 +1,9 @@
 """A train_round / score_pairs job for the multi-process invariance tests.
 
 Run alone (one process) or under ``torchrun --nproc_per_node N`` with the same arguments:
-``python tests/distributed_worker.py OUT BATCH ACCUMULATION``. The main process writes
-``OUT/result.json`` (per-minibatch log, scores) and ``OUT/weights.safetensors`` and
+``python tests/distributed_worker.py OUT BATCH ACCUMULATION [fsdp]`` (``fsdp``: the model is
+sharded with FSDP2's ``fully_shard`` before training, and no scores are computed). The main
+process writes ``OUT/result.json`` (per-minibatch log, scores) and ``OUT/weights.safetensors`` and
 ``OUT/ema.safetensors`` (the trained weights and the round's GradientEMA); every rank
 writes ``OUT/ema.<rank>.safetensors`` so the test can check the ranks agree.
 """
@@ -27,9 +28,16 @@ from congrad.testing import tiny_causal_lm
 from congrad.train import train_round
 
 
-def main(out: Path, batch_size: int, accumulation: int) -> None:
+def main(out: Path, batch_size: int, accumulation: int, fsdp: bool) -> None:
     torch.manual_seed(0)
     model, tokenizer = tiny_causal_lm(seed=0)
+    if fsdp:  # FSDP2 by hand, as accelerate's fsdp_version 2 does: each block, then the root
+        from torch.distributed.fsdp import fully_shard
+
+        distributed.world_size()  # sets up the process group
+        for layer in model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)
     pairs = make_pairs(17)  # 6 en, 6 de, 5 zh: last chunks smaller than the batch
     train = TrainConfig(
         batch_size=batch_size,
@@ -40,14 +48,19 @@ def main(out: Path, batch_size: int, accumulation: int) -> None:
     )
     ema_config = EMAConfig(rank=4, iters=3, gamma=0.9)
     result, ema = train_round(model, tokenizer, pairs, train=train, ema=ema_config, seed=3)
-    scores = score_pairs(
-        model, tokenizer, pairs, ema, beta=0.1, alpha=0.01, batch_size=3, max_length=64
-    )
+    if fsdp:  # the loop scores with the whole model reloaded from its folder
+        weights = distributed.full_state_dict(model)
+        scores = []
+    else:
+        weights = {name: p.detach().contiguous() for name, p in model.named_parameters()}
+        scores = score_pairs(
+            model, tokenizer, pairs, ema, beta=0.1, alpha=0.01, batch_size=3, max_length=64
+        )
     out.mkdir(parents=True, exist_ok=True)
     me = distributed.rank()
     ema.save(out / f"ema.{me}.safetensors")
     if distributed.is_main():
-        weights = {name: p.detach().contiguous() for name, p in model.named_parameters()}
+        weights = {name: weights[name].contiguous() for name, _ in model.named_parameters()}
         save_file(weights, str(out / "weights.safetensors"))
         report = {
             "world_size": distributed.world_size(),
@@ -60,4 +73,4 @@ def main(out: Path, batch_size: int, accumulation: int) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+    main(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), "fsdp" in sys.argv[4:])

@@ -1,6 +1,7 @@
 """Multi-process invariance on CPU (gloo): N processes compute what one process computes.
 
 Each slow test runs the same job alone and under ``torchrun --standalone --nproc_per_node 2``
+(DDP, and FSDP2 with the model sharded by ``fully_shard`` as accelerate's FSDP v2 does)
 (both with one thread per process, so each is deterministic) and compares: the loss curve,
 the weights, the per-language EMA (identical on every rank, and equal to the one-process
 EMA to float tolerance), the CONGRAD scores and the selection; end to end through the CLI,
@@ -93,12 +94,15 @@ def _selection(scores: list[dict]) -> list[bool]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("accumulation", [1, 2])
-def test_two_processes_train_and_score_like_one(tmp_path, accumulation):
+@pytest.mark.parametrize(
+    ("accumulation", "sharding"), [(1, "ddp"), (2, "ddp"), (1, "fsdp")], ids=str
+)
+def test_two_processes_train_and_score_like_one(tmp_path, accumulation, sharding):
     runs = {}
     for processes in (1, 2):
         out = tmp_path / f"w{processes}"
-        _launch([str(WORKER), str(out), "4", str(accumulation)], processes, tmp_path)
+        args = [str(WORKER), str(out), "4", str(accumulation)]
+        _launch(args + ([sharding] if processes > 1 else []), processes, tmp_path)
         runs[processes] = out
     one = json.loads((runs[1] / "result.json").read_text())
     two = json.loads((runs[2] / "result.json").read_text())
@@ -127,7 +131,8 @@ def test_two_processes_train_and_score_like_one(tmp_path, accumulation):
     for name, value in weights_one.items():  # lr 1e-3: steps move weights by ~1e-3
         torch.testing.assert_close(weights_two[name], value, rtol=0, atol=1e-5, msg=name)
 
-    # Every rank holds the same EMA, bit for bit (same all-reduced gradients, same seeds).
+    # Every rank holds the same EMA, bit for bit (same all-reduced gradients, same seeds;
+    # under FSDP2 each tracked gradient is gathered whole before the update).
     ema_rank0 = load_file(runs[2] / "ema.0.safetensors")
     ema_rank1 = load_file(runs[2] / "ema.1.safetensors")
     assert ema_rank0.keys() == ema_rank1.keys()
@@ -137,6 +142,9 @@ def test_two_processes_train_and_score_like_one(tmp_path, accumulation):
         scale = value.abs().max().clamp_min(1e-12)
         assert (ema_rank0[name] - value).abs().max() / scale < 1e-3, name
 
+    if sharding == "fsdp":  # (the loop scores with the whole model, reloaded)
+        assert two["scores"] == []
+        return
     # Sharded scoring gathers every pair's score; the selection is the same.
     assert [s["pair_id"] for s in two["scores"]] == [s["pair_id"] for s in one["scores"]]
     cosines_one = [s["cosine"] for s in one["scores"]]

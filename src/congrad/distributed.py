@@ -27,7 +27,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 
@@ -120,12 +120,17 @@ def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> None:
             torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
 
 
-def map_in_waves(items: Sequence[T], work: Callable[[T], R]) -> Iterator[tuple[int, R]]:
+def map_in_waves(
+    items: Sequence[T], work: Callable[[T], R], *, lockstep: bool = False
+) -> Iterator[tuple[int, R]]:
     """Yield ``(index, work(items[index]))`` for every item, in index order, on every rank.
 
     Wave ``w`` gives item ``w * W + r`` to rank ``r``; after each wave the results are
     gathered, so a caller can log them wave by wave (a crash loses one wave) and every rank
-    runs the same number of collectives. With one process: a plain loop.
+    runs the same number of collectives. ``lockstep``: a rank with no item in the last wave
+    works on item 0 anyway and drops the result, for work that itself communicates (the
+    forward of an FSDP-sharded model gathers each layer's weights from all ranks). With one
+    process: a plain loop.
     """
     count = world_size()
     if count == 1:
@@ -136,6 +141,8 @@ def map_in_waves(items: Sequence[T], work: Callable[[T], R]) -> Iterator[tuple[i
     for first in range(0, len(items), count):
         index = first + me
         mine = (index, work(items[index])) if index < len(items) else None
+        if mine is None and lockstep:
+            work(items[0])  # keeps this rank in step with the others' collectives
         for entry in gather(mine):
             if entry is not None:
                 yield entry
@@ -151,3 +158,20 @@ def split_evenly(indices: Sequence[int], part: int, parts: int) -> list[int]:
     base, extra = divmod(len(indices), parts)
     start = part * base + min(part, extra)
     return list(indices[start : start + base + (1 if part < extra else 0)])
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s parameters are FSDP2 shards (``DTensor``), as after
+    ``fully_shard`` or accelerate's FSDP (version 2) preparation."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(parameter, DTensor) for parameter in model.parameters())
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole (unsharded) state dict of an FSDP2-sharded ``model``, on the CPU of the
+    main process (other ranks get an empty dict). Collective: every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return cast(dict[str, torch.Tensor], get_model_state_dict(model, options=options))

@@ -10,6 +10,14 @@ Tracked by default: the weight of every ``nn.Linear`` inside the numbered decode
 or biases. With LoRA (peft, :mod:`congrad.lora`) the base weights are frozen and the
 default is the ``lora_A`` / ``lora_B`` linears of the adapter. Only ``nn.Linear`` weights are
 tracked because the one-pass scorer (:mod:`congrad.scoring`) relies on ``y = x W^T``.
+
+FSDP2 (``fully_shard``; accelerate's FSDP version 2) leaves each rank a row shard of every
+gradient. The update gathers ONE tracked matrix at a time (``DTensor.full_tensor``), folds
+it in and frees it: the EMA is exactly the unsharded one and identical on every rank, for
+one matrix of transient memory and an all-gather per matrix per minibatch (about the
+traffic of a DDP all-reduce). The alternative, compressing per shard (row shards of ``G x``
+are local; ``G^T y`` and the QR need an ``n x r`` all-reduce and a TSQR), would send ~m/r
+times less but changes the floating-point path; we chose the exact, simple one.
 """
 
 from __future__ import annotations
@@ -66,6 +74,13 @@ def tracked_linears(model: nn.Module, include: Sequence[str] | None = None) -> d
             )
         )
     return selected
+
+
+def _whole(grad: torch.Tensor | None) -> torch.Tensor | None:
+    """The whole gradient matrix: an FSDP2 shard (a ``DTensor``) is gathered from all ranks,
+    one matrix at a time, so the EMA update is the unsharded one (module docstring)."""
+    full_tensor = getattr(grad, "full_tensor", None)
+    return full_tensor() if full_tensor is not None else grad
 
 
 class GradientEMA:
@@ -133,7 +148,7 @@ class GradientEMA:
         """
         if not lang or "|" in lang:
             raise ValueError(f"language code must be non-empty without '|', got {lang!r}")
-        grads = {name: module.weight.grad for name, module in self._modules.items()}
+        grads = {name: _whole(module.weight.grad) for name, module in self._modules.items()}
         if all(g is None for g in grads.values()):
             raise RuntimeError(
                 "GradientEMA.update: no tracked parameter has a .grad; call backward first"

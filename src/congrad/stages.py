@@ -264,11 +264,16 @@ def run_train(runner: Runner, round_index: int) -> dict[str, Any]:
         schedule=schedule,
         progress=runner.progress,
     )
-    model = merge_adapter(model)  # LoRA: M_t = M_{t-1} + (alpha/r) B A, on EVERY rank
-    runner.set_model_round(round_index)
+    state_dict = None
+    if distributed.is_sharded(model):  # FSDP2: gather the weights; the shards are dropped
+        state_dict = distributed.full_state_dict(model)
+        runner.release_model()  # later stages reload M_t whole from its folder
+    else:
+        model = merge_adapter(model)  # LoRA: M_t = M_{t-1} + (alpha/r) B A, on EVERY rank
+        runner.set_model_round(round_index)
     if not distributed.is_main():  # every rank holds the same weights and EMA
         return {}
-    save_round_model(model, tokenizer, folder / "model")
+    save_round_model(model, tokenizer, folder / "model", state_dict=state_dict)
     ema.save(folder / "ema.safetensors")
     write_jsonl(folder / "train_log.jsonl", (asdict(step) for step in result.log))
     return {

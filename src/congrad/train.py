@@ -29,9 +29,15 @@ the EMA must see each minibatch's full gradient. Each rank then updates its own
 :class:`~congrad.gradient_ema.GradientEMA` from the same all-reduced gradient with the same
 seeds, so all ranks hold identical EMAs (no broadcast needed); the caller saves from the
 main process. Per-pair losses and rewards are gathered for the log.
-FSDP and DeepSpeed shard gradients, so ``.grad`` of a tracked matrix is not whole on any
-rank; they are refused (see :func:`_check_gradients_whole`) rather than silently
-compressing shards.
+
+FSDP version 2 (accelerate's ``fsdp_version: 2``, or a model the caller already sharded with
+``fully_shard``): the same slicing and weighting (FSDP's reduce-scatter averages like DDP's
+all-reduce); the EMA gathers each tracked gradient whole, one matrix at a time
+(:mod:`congrad.gradient_ema`); the reference forwards run in lockstep, since a sharded
+forward communicates. The trained model stays sharded: the caller gathers its state dict
+with :func:`congrad.distributed.full_state_dict` to save it. FSDP version 1 (flat
+parameters: no per-matrix ``.grad``) and DeepSpeed (which owns backward, accumulation and
+the gradient partitions) are refused by :func:`_check_gradients_whole`.
 """
 
 from __future__ import annotations
@@ -57,7 +63,7 @@ from congrad.checkpointing import enable_gradient_checkpointing
 from congrad.config import EMAConfig, TrainConfig
 from congrad.encoding import PairBatch, collate_pairs, encode_pair, pad_token_id_of
 from congrad.gradient_ema import GradientEMA
-from congrad.lora import merge_adapter
+from congrad.lora import has_adapter, merge_adapter
 from congrad.losses import lp_dpo_loss, sequence_logps
 from congrad.lowrank import stable_seed
 from congrad.records import PreferencePair
@@ -135,12 +141,14 @@ def reference_logps(
     *,
     batch_size: int,
     max_length: int,
+    lockstep: bool = False,
 ) -> dict[str, tuple[float, float]]:
     """``pair_id -> (chosen, rejected)`` summed response log-probs at the current weights:
     one no-grad forward per ``batch_size`` pairs (grouped by length), in eval mode. With
     several processes the batches are spread over the ranks and every rank gets all values.
     ``model`` must be the bare module, not a DDP wrapper (ranks run different numbers of
-    forwards here, and DDP's forward may communicate)."""
+    forwards here, and DDP's forward may communicate). ``lockstep``: the model is FSDP-sharded,
+    so every rank runs a forward in every wave (see :func:`congrad.distributed.map_in_waves`)."""
     encoded = [encode_pair(tokenizer, pair, max_length) for pair in pairs]
     order = sorted(range(len(pairs)), key=lambda i: len(encoded[i].chosen_input_ids))
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
@@ -154,7 +162,7 @@ def reference_logps(
     was_training = model.training
     model.eval()
     try:
-        for number, batch_values in distributed.map_in_waves(batches, forward):
+        for number, batch_values in distributed.map_in_waves(batches, forward, lockstep=lockstep):
             for index, value in zip(batches[number], batch_values, strict=True):
                 values[pairs[index].pair_id] = value
     finally:
@@ -213,14 +221,19 @@ def _step_log(step: int, lang: str, rows: list[tuple[float, float, float]], lr: 
 
 
 def _check_gradients_whole(accelerator: Accelerator) -> None:
-    """The EMA reads each tracked matrix's whole gradient from ``.grad``; FSDP and DeepSpeed
-    ZeRO keep only a shard of it on each rank, so they are refused with what to use."""
+    """The EMA needs each tracked matrix's gradient per minibatch. DDP holds it whole and
+    FSDP2 as a ``DTensor`` shard the EMA can gather; FSDP1's flat parameters and DeepSpeed's
+    partitions hide it, so they are refused, saying what to use instead."""
     kind = str(accelerator.distributed_type)
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if "FSDP" in kind and getattr(plugin, "fsdp_version", 1) == 2:
+        return
     if "FSDP" in kind or "DEEPSPEED" in kind:
         raise NotImplementedError(
-            f"train_round runs under DDP (accelerate's MULTI_GPU / MULTI_CPU), not {kind}: "
-            "sharded gradients would reach the gradient EMA in pieces. Launch with a DDP "
-            "accelerate config (configs/accelerate/), or use LoRA to fit the model."
+            f"train_round supports DDP and FSDP version 2, not {kind}"
+            + (" version 1" if "FSDP" in kind else "")
+            + ": the gradient EMA must read each tracked matrix's gradient of every "
+            "minibatch. Use configs/accelerate/fsdp2-*.yaml or ddp-*.yaml, or LoRA to fit."
         )
 
 
@@ -276,14 +289,30 @@ def train_round(
     ]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=train.learning_rate)
     scheduler = LambdaLR(optimizer, lambda step: _lr_factor(step, total_steps, warmup))
-    prepared, optimizer = accelerator.prepare(model, optimizer)
+    if distributed.is_sharded(model):  # sharded by the caller (fully_shard): no DDP wrapper
+        prepared, optimizer = model, accelerator.prepare(optimizer)
+    else:
+        prepared, optimizer = accelerator.prepare(model, optimizer)
+    sharded = distributed.is_sharded(model)  # also after accelerate's FSDP2 preparation
+    if sharded:  # fully_shard put DTensor parameters in the modules' place
+        if has_adapter(model):
+            raise NotImplementedError(
+                "LoRA with FSDP is not supported: the adapter could not be merged into sharded "
+                "weights. Use LoRA with DDP (the adapter's gradients are small) or FSDP alone."
+            )
+        parameters = [p for p in model.parameters() if p.requires_grad]
     undo_checkpointing = enable_gradient_checkpointing(model, train)  # congrad.checkpointing
     rows: list[StepLog] = []
     pair_losses: dict[str, list[float]] = {}
     try:
         if ref_logps is None:  # the bare model: ranks run different numbers of forwards
             ref_logps = reference_logps(
-                model, tokenizer, pairs, batch_size=train.batch_size, max_length=train.max_length
+                model,
+                tokenizer,
+                pairs,
+                batch_size=train.batch_size,
+                max_length=train.max_length,
+                lockstep=sharded,
             )
         gradient_ema = GradientEMA(
             model, rank=ema.rank, iters=ema.iters, gamma=ema.gamma, include=ema.include, seed=seed
@@ -337,11 +366,19 @@ def train_round(
     return TrainResult(total_steps, tuple(rows), mean_loss, seconds, lang_mean_loss), gradient_ema
 
 
-def save_round_model(model: Any, tokenizer: Any, folder: str | os.PathLike[str]) -> None:
+def save_round_model(
+    model: Any,
+    tokenizer: Any,
+    folder: str | os.PathLike[str],
+    *,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Save weights (safetensors) and tokenizer to ``folder`` via a fsynced hidden sibling
     renamed into place (an old ``folder`` is renamed aside, then removed): ``folder`` never
     holds a half-written model, only the old complete one, briefly nothing, or the new one.
-    A LoRA adapter is merged into the weights first (in place): the folder is a plain model."""
+    A LoRA adapter is merged into the weights first (in place): the folder is a plain model.
+    ``state_dict``: the weights to write instead of the model's own (an FSDP-sharded model's,
+    gathered by :func:`congrad.distributed.full_state_dict`)."""
     model = merge_adapter(model)  # LoRA: save M_t = M_{t-1} + (alpha/r) B A (congrad.lora)
     target = Path(folder)
     # A save killed mid-way leaves a model-sized staging folder (.model.<pid>.*.tmp) that
@@ -357,7 +394,7 @@ def save_round_model(model: Any, tokenizer: Any, folder: str | os.PathLike[str])
     for key in ("is_local", "local_files_only"):
         getattr(tokenizer, "init_kwargs", {}).pop(key, None)
     try:
-        model.save_pretrained(staging)
+        model.save_pretrained(staging, state_dict=state_dict)  # None: the model's own
         tokenizer.save_pretrained(staging)
         for path in [*staging.rglob("*"), staging]:
             _fsync(path)
