@@ -161,12 +161,13 @@ def _rows(path: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_congrad_run_on_two_processes_writes_what_one_process_writes(tmp_path):
+def test_congrad_run_and_evaluate_on_two_processes_write_what_one_process_writes(tmp_path):
     folders = {}
     for processes in (1, 2):
         folders[processes] = tmp_path / f"run{processes}"
-        cli = ["-m", "congrad.cli", "run", "--config", str(SMOKE), "--quiet"]
-        _launch([*cli, f"output_dir={folders[processes]}"], processes, tmp_path)
+        for command in ("run", "evaluate"):
+            cli = ["-m", "congrad.cli", command, "--config", str(SMOKE), "--quiet"]
+            _launch([*cli, f"output_dir={folders[processes]}"], processes, tmp_path)
     one, two = folders[1], folders[2]
     # Round 1 up to training and round 2's sampling are the same bytes: records are cut
     # into the same batches whichever rank computes them.
@@ -177,6 +178,8 @@ def test_congrad_run_on_two_processes_writes_what_one_process_writes(tmp_path):
         "round_1/pairs.jsonl",
         "round_1/selection.jsonl",
         "round_2/completions.jsonl",
+        "round_0/eval_answers.jsonl",  # evaluation answers are shared out the same way
+        "round_1/eval_answers.jsonl",
     ):
         assert (one / name).read_bytes() == (two / name).read_bytes(), name
     # Training's gradients are summed in another order: floats agree to tolerance.
@@ -192,6 +195,7 @@ def test_congrad_run_on_two_processes_writes_what_one_process_writes(tmp_path):
     assert [(s["pair_id"], s["kept"]) for s in selections[0]] == [
         (s["pair_id"], s["kept"]) for s in selections[1]
     ]
+    assert (two / "round_2/winrates.json").exists() and (two / "round_2/eval_mcq.jsonl").exists()
     # Only the main process wrote: one manifest per stage, no stray partial logs.
     assert not list(two.rglob("*.partial.jsonl"))
     assert (two / "summary.json").exists() and (two / "round_2/model/model.safetensors").exists()

@@ -26,6 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from congrad import distributed
 from congrad.artifacts import read_jsonl, write_jsonl
 from congrad.atomic import write_text_atomic
 from congrad.config import ModelConfig, RunConfig
@@ -81,8 +82,10 @@ def run_answers(runner: Runner, round_index: int) -> dict[str, Any]:
 
     config, evaluate = runner.config, runner.config.evaluate
     prompts = load_eval_prompts(config)
-    log = _partial(runner, round_index, "answers")
-    done = {row["prompt_id"] for row in log.done}
+    # Several processes (HF backend): the batches are spread over the ranks, a wave at a
+    # time, and the main process alone keeps the log and writes.
+    log = _partial(runner, round_index, "answers") if distributed.is_main() else None
+    done = distributed.broadcast({row["prompt_id"] for row in log.done} if log else set())
     # _backend(t) serves round t's starting weights M_{t-1}: here M_t is wanted.
     backend = _backend(runner, round_index + 1, evaluate.batch_size)
     params = SamplingParams(evaluate.max_new_tokens, evaluate.temperature, 1.0)
@@ -90,21 +93,18 @@ def run_answers(runner: Runner, round_index: int) -> dict[str, Any]:
     # batch's logits depend on its neighbours in the last bits, so only the uninterrupted
     # run's batches surely give its answers. A batch logged whole is skipped; a partly
     # logged one (a crash mid-append) is answered whole and only its missing rows logged.
-    starts: Any = [
+    starts = [
         start
         for start in range(0, len(prompts), evaluate.batch_size)
         if any(p.prompt_id not in done for p in prompts[start : start + evaluate.batch_size])
     ]
-    if runner.progress:
-        from rich.progress import track
 
-        starts = track(starts, description=f"round {round_index}: evaluation answers")
-    for start in starts:
+    def answer(start: int) -> list[dict[str, Any]]:
         batch = prompts[start : start + evaluate.batch_size]
         seeds = [stable_seed("evaluate", config.seed, p.prompt_id) for p in batch]
         texts = [backend.chat_prompt(p.prompt) for p in batch]
         generations = backend.generate(texts, params, seeds)
-        log.append(
+        return [
             {
                 "prompt_id": p.prompt_id,
                 "lang": p.lang,
@@ -115,7 +115,20 @@ def run_answers(runner: Runner, round_index: int) -> dict[str, Any]:
             }
             for p, g in zip(batch, generations, strict=True)
             if p.prompt_id not in done
+        ]
+
+    answered: Any = distributed.map_in_waves(starts, answer)
+    if runner.progress:
+        from rich.progress import track
+
+        answered = track(
+            answered, description=f"round {round_index}: evaluation answers", total=len(starts)
         )
+    for _, rows in answered:
+        if log is not None:
+            log.append(rows)
+    if log is None:  # another rank: the main process writes
+        return {}
     wanted = {p.prompt_id for p in prompts}
     rows = sorted(
         (row for row in log.done if row["prompt_id"] in wanted),

@@ -47,9 +47,10 @@ from congrad.config import (
 from congrad.vllm_engine import ENGINE_STAGES, EngineCache
 
 STAGES = ("prompts", "generate", "judge", "pairs", "filter", "train")
-COLLECTIVE_STAGES = ("generate", "judge", "filter", "train")
-"""Stages every rank of a multi-process run takes part in (generate and judge only with the
-HF backend: a vLLM engine spans its own GPUs, tensor-parallel, from the main process)."""
+COLLECTIVE_STAGES = ("generate", "judge", "filter", "train", "answers")
+"""Stages every rank of a multi-process run takes part in (generate, judge and answers only
+with the HF backend: a vLLM engine spans its own GPUs, tensor-parallel, from the main
+process)."""
 EVAL_STAGES = ("answers", "mcq", "verdicts")
 """Evaluation (congrad.eval_stages): ``answers`` and ``mcq`` of round t use M_t (round 0:
 the seed model, in ``round_0/``); ``verdicts`` compares round t's answers with round 0's."""
@@ -295,7 +296,7 @@ class Runner:
 
     def collective(self, stage: str) -> bool:
         """Whether every rank takes part in ``stage`` (see :data:`COLLECTIVE_STAGES`)."""
-        if stage in ("generate", "judge") and self.config.generate.backend == "vllm":
+        if stage in ENGINE_STAGES and self.config.generate.backend == "vllm":
             return False
         return stage in COLLECTIVE_STAGES
 
