@@ -81,12 +81,35 @@ def _fields(model: type[BaseModel], prefix: str = ""):
             yield f"{prefix}{name}", annotation
 
 
+# Free-form mappings (typed Any) whose values a validator restricts to YAML's plain data
+# (congrad.config_base.check_plain_data); checked below that an object is refused.
+PLAIN_DATA_CHECKED = {"generate.vllm.engine_args"}
+
+
 def test_no_config_field_can_name_a_python_object():
     for key, annotation in _fields(RunConfig):
+        if key in PLAIN_DATA_CHECKED:
+            continue
         for leaf in _leaf_types(annotation):
             plain = leaf in ALLOWED_LEAVES
             choice = isinstance(leaf, type) and issubclass(leaf, Enum)
             assert plain or choice, f"{key}: {annotation} is not plain data"
+
+
+def test_free_form_mappings_refuse_anything_but_plain_data():
+    from pydantic import ValidationError
+
+    for key in PLAIN_DATA_CHECKED:
+        section, _, name = key.rpartition(".")
+        nested: dict = {name: {"ok": [1, "two", None, {"three": 3.0}]}}
+        for part in reversed(section.split(".")):
+            nested = {part: nested}
+        RunConfig(**nested)  # plain data passes
+        nested_bad: dict = {name: {"hook": object()}}
+        for part in reversed(section.split(".")):
+            nested_bad = {part: nested_bad}
+        with pytest.raises(ValidationError, match="plain data"):
+            RunConfig(**nested_bad)
 
 
 def test_yaml_python_tags_are_refused(tmp_path):

@@ -24,15 +24,36 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from congrad.languages import check_language_code
+from congrad.config_base import ConfigError, Section, check_languages, check_plain_data
+from congrad.config_eval import EvalJudgeConfig, EvaluateConfig, MCQConfig
+
+__all__ = [  # the eval sections and the error live in their own modules; import them here
+    "PAPER_LANGUAGES",
+    "ConfigError",
+    "EMAConfig",
+    "EvalJudgeConfig",
+    "EvaluateConfig",
+    "FilterConfig",
+    "GenerateConfig",
+    "JudgeConfig",
+    "LoRAConfig",
+    "MCQConfig",
+    "ModelConfig",
+    "PromptsConfig",
+    "RunConfig",
+    "Strategy",
+    "TrainConfig",
+    "VLLMConfig",
+    "config_changes",
+    "config_to_yaml",
+    "load_config",
+    "parse_override",
+    "set_dotted",
+]
 
 PAPER_LANGUAGES = ["en", "de", "fr", "es", "it", "pt", "zh", "ja", "ko", "ar"]
-
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message says which key and what to do."""
 
 
 class Strategy(StrEnum):
@@ -57,21 +78,10 @@ class Strategy(StrEnum):
         return self.value.startswith("max-")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-
-def _check_languages(codes: list[str] | None) -> None:
-    """Raise a ValueError naming every invalid code (congrad.languages) of a language list."""
-    problems = [problem for code in codes or [] if (problem := check_language_code(code))]
-    if problems:
-        raise ValueError("; ".join(problems))
-
-
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-class LoRAConfig(_Section):
+class LoRAConfig(Section):
     """Low-rank adapters (peft, ``pip install congrad[lora]``); see :mod:`congrad.lora`."""
 
     enabled: bool = False
@@ -90,7 +100,7 @@ class LoRAConfig(_Section):
     round and the scores of the next are then in the same coordinates."""
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     name_or_path: str = "smollm2"
     """A local model folder, a hub id, ``smollm2`` (SmolLM2-135M-Instruct from its PyPI
     wheel, offline) or ``tiny-random`` (the tiny random test model)."""
@@ -101,7 +111,7 @@ class ModelConfig(_Section):
     lora: LoRAConfig = LoRAConfig()
 
 
-class PromptsConfig(_Section):
+class PromptsConfig(Section):
     files: list[str] = Field(default_factory=list)
     """JSONL, CSV or Parquet files or datasets folders with ``prompt, lang[, id]``;
     empty means the built-in prompt set."""
@@ -113,7 +123,7 @@ class PromptsConfig(_Section):
     @field_validator("languages")
     @classmethod
     def _known_languages(cls, value: list[str]) -> list[str]:
-        _check_languages(value)
+        check_languages(value)
         return value
 
 
@@ -126,23 +136,7 @@ _VLLM_OWN_KEYS = {
 }
 
 
-def _check_plain_data(value: Any, where: str, depth: int = 0) -> None:
-    """Refuse anything but YAML's plain data (str, number, bool, null, list, mapping)."""
-    if depth > 8:
-        raise ValueError(f"{where} is nested too deeply")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise ValueError(f"{where}: key {key!r} must be text")
-            _check_plain_data(item, f"{where}.{key}", depth + 1)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _check_plain_data(item, f"{where}[{index}]", depth + 1)
-    elif value is not None and not isinstance(value, str | int | float | bool):
-        raise ValueError(f"{where} must be plain data, not {type(value).__name__}")
-
-
-class VLLMConfig(_Section):
+class VLLMConfig(Section):
     tensor_parallel_size: int = Field(1, ge=1)
     """GPUs one vLLM engine shards the model over (tensor parallelism), on the main process."""
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
@@ -164,7 +158,7 @@ class VLLMConfig(_Section):
     @field_validator("engine_args")
     @classmethod
     def _plain_and_not_ours(cls, value: dict[str, Any]) -> dict[str, Any]:
-        _check_plain_data(value, "engine_args")
+        check_plain_data(value, "engine_args")
         for key in value:
             if not key.isidentifier():
                 raise ValueError(f"engine_args key {key!r} is not a keyword argument name")
@@ -181,7 +175,7 @@ samples: they may change between invocations of a run (after an out-of-memory er
 without ``--force`` and without redoing finished stages."""
 
 
-class GenerateConfig(_Section):
+class GenerateConfig(Section):
     backend: Literal["hf", "vllm"] = "hf"
     """``hf`` (transformers generate) or ``vllm`` (GPU only): generation, self-judging and
     evaluation answers."""
@@ -208,7 +202,7 @@ class GenerateConfig(_Section):
         return {"backend": self.backend, **self.vllm.model_dump(mode="json", exclude=skip)}
 
 
-class JudgeConfig(_Section):
+class JudgeConfig(Section):
     mode: Literal["text", "logprob"] = "logprob"
     """``text``: generate an analysis ending in ``Score: N`` and parse it (the paper's);
     ``logprob``: expected score from the next-token distribution after ``Score:``."""
@@ -223,7 +217,7 @@ class JudgeConfig(_Section):
     """Judgments per forward (logprob) or generate call (text)."""
 
 
-class FilterConfig(_Section):
+class FilterConfig(Section):
     strategy: Strategy = Strategy.MAX_CONGRAD
     """full, rand, max-len, min-len, max-reward, min-reward, max-congrad, min-congrad
     (round 1 is unfiltered whatever the strategy)."""
@@ -236,7 +230,7 @@ class FilterConfig(_Section):
     --seeds`` varies it while round 1 stays shared)."""
 
 
-class EMAConfig(_Section):
+class EMAConfig(Section):
     rank: int = Field(64, ge=1)
     """Rank r of each tracked matrix's factored EMA."""
     iters: int = Field(3, ge=1)
@@ -247,7 +241,7 @@ class EMAConfig(_Section):
     """Glob patterns of tracked weight names; default every linear in the decoder blocks."""
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     learning_rate: float = Field(5e-6, gt=0)
     """AdamW learning rate."""
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
@@ -279,105 +273,7 @@ class TrainConfig(_Section):
     multiple-choice accuracy first, then all); see congrad.schedules."""
 
 
-class EvalJudgeConfig(_Section):
-    backend: Literal["self", "hf", "openai"] = "self"
-    """``self`` (the seed model judges), ``hf`` (a local model, ``evaluate.judge.model``) or
-    ``openai`` (any OpenAI-compatible chat endpoint, e.g. GPT-4o as in the paper)."""
-    model: str | None = None
-    """``openai``: the model name at the endpoint; ``hf``: a local folder or hub id."""
-    mode: Literal["text", "logprob"] = "logprob"
-    """Local judges: ``text`` writes an analysis ending in ``Verdict: A``, ``B`` or ``tie``;
-    ``logprob`` reads the verdict from the next-token distribution after ``Verdict:``."""
-    base_url: str | None = None
-    """``openai``: the endpoint's base URL (unset: the OpenAI API)."""
-    api_key_env: str = "OPENAI_API_KEY"
-    """``openai``: the NAME of the environment variable holding the API key; the key
-    itself is never read from or written to any file."""
-    max_concurrency: int = Field(8, ge=1)
-    """``openai``: requests in flight at once."""
-    max_retries: int = Field(5, ge=0)
-    """``openai``: retries of a failed request (exponential back-off) before stopping."""
-    timeout: float = Field(60.0, gt=0)
-    """``openai``: seconds before a request counts as failed."""
-    temperature: float = Field(0.0, ge=0)
-    """``openai``: sampling temperature of the judge."""
-    max_tokens: int = Field(512, ge=1)
-    """Tokens of a text verdict (``openai``, or ``text`` mode)."""
-    min_mass: float = Field(0.05, ge=0, le=1)
-    """Local ``logprob`` mode: below this probability on A/B/tie the verdict is unparsed."""
-    batch_size: int = Field(8, ge=1)
-    """Local judges: judge prompts per forward or generate call."""
-    cache: str | None = None
-    """Verdict cache (JSONL keyed by a hash of judge and prompt); unset:
-    ``<output_dir>/judge_cache.jsonl``. A rerun or resume asks the judge nothing twice."""
-
-    @model_validator(mode="after")
-    def _names_its_model(self) -> EvalJudgeConfig:
-        if self.backend in ("hf", "openai") and not self.model:
-            raise ValueError(f"evaluate.judge.backend={self.backend} needs evaluate.judge.model")
-        return self
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _names_a_variable(cls, value: str) -> str:
-        if not value.replace("_", "A").isalnum() or value[0].isdigit():
-            raise ValueError(
-                "must be the name of an environment variable (letters, digits, _), "
-                "not the key itself"
-            )
-        return value
-
-
-class MCQConfig(_Section):
-    files: list[str] = Field(default_factory=list)
-    """Multiple-choice files (``question, choices, answer, lang[, id]``; JSONL, CSV,
-    Parquet, datasets folder) for the alignment tax; ``sample`` is the tiny built-in
-    sample; empty skips it."""
-    shots: int = Field(5, ge=0)
-    """Worked examples (k) before each question, from the same language."""
-    max_per_language: int | None = Field(None, ge=1)
-    """Score at most this many questions per language (by id order); unset: all."""
-    batch_size: int = Field(8, ge=1)
-    """Questions per forward."""
-    max_length: int = Field(2048, ge=8)
-    """Token budget of a k-shot prompt; shots are dropped to fit."""
-
-
-class EvaluateConfig(_Section):
-    prompts: list[str] = Field(default_factory=list)
-    """Held-out prompt files (``prompt, lang[, id]``); empty: the built-in evaluation set
-    (16 prompts in each of 13 languages)."""
-    languages: list[str] | None = None
-    """Languages to evaluate; unset: the training languages plus ``unseen_languages``."""
-    unseen_languages: list[str] = Field(default_factory=lambda: ["hi", "vi", "ru"])
-    """Languages never trained on, reported apart (the paper's Table 4)."""
-    max_prompts: int | None = Field(None, ge=1)
-    """At most this many prompts per language (by id order); unset: all."""
-    max_new_tokens: int = Field(64, ge=1)
-    """Answer budget in tokens."""
-    temperature: float = Field(0.0, ge=0)
-    """Answer sampling temperature (0: greedy); seeds derive from the run seed and ids."""
-    batch_size: int = Field(16, ge=1)
-    """Prompts per generate call."""
-    bootstrap: int = Field(1000, ge=10)
-    """Bootstrap resamples of the 95% win-rate intervals."""
-    judge: EvalJudgeConfig = EvalJudgeConfig()
-    mcq: MCQConfig = MCQConfig()
-
-    @field_validator("languages", "unseen_languages")
-    @classmethod
-    def _known_languages(cls, value: list[str] | None) -> list[str] | None:
-        _check_languages(value)
-        return value
-
-    def eval_languages(self, trained: list[str]) -> list[str]:
-        """The languages evaluated, trained ones first."""
-        if self.languages is not None:
-            return list(self.languages)
-        return list(dict.fromkeys([*trained, *self.unseen_languages]))
-
-
-class RunConfig(_Section):
+class RunConfig(Section):
     output_dir: str = "runs/congrad"
     """Run folder: config.yaml, round_<t>/ artifacts, summary.json."""
     rounds: int = Field(2, ge=1)
