@@ -230,12 +230,16 @@ def test_quick_cli_run_writes_consistent_artifacts(tmp_path, capsys):
     config = quick_config()
     spec = config.spec
     langs = spec.codes
+
     # accuracy rows: every regime x trained strategy x language at the headline setting,
     # plus max-/min-congrad at every other EMA setting of the first regime
-    headline = [r for r in results["accuracy"] if (r["rank"], r["gamma"]) == (4, 0.9)]
+    def setting(row):
+        return row["rank"], row["gamma"], row["warmup_lr"]
+
+    headline = [r for r in results["accuracy"] if setting(r) == (4, 0.9, 3e-3)]
     assert len(headline) == len(config.regimes) * len(config.trained) * len(langs)
-    swept = [r for r in results["accuracy"] if (r["rank"], r["gamma"]) != (4, 0.9)]
-    assert {(r["rank"], r["gamma"]) for r in swept} == {(2, 0.9), (4, 0.5)}
+    swept = [r for r in results["accuracy"] if setting(r) != (4, 0.9, 3e-3)]
+    assert {setting(r) for r in swept} == {(2, 0.9, 3e-3), (4, 0.5, 3e-3), (4, 0.9, 1e-3)}
     assert {r["regime"] for r in swept} == {"attribute"}
     for row in results["accuracy"]:
         expected_kept = spec.candidate_pairs if row["strategy"] == "full" else 12
@@ -246,16 +250,15 @@ def test_quick_cli_run_writes_consistent_artifacts(tmp_path, capsys):
         assert 0 <= row["auc"] <= 1 and 0 <= row["precision"] <= 1
     # max- and min-congrad rank the same cosines in opposite directions
     by_key = {
-        (r["regime"], r["rank"], r["gamma"], r["strategy"], r["lang"]): r
-        for r in results["separation"]
+        (r["regime"], *setting(r), r["strategy"], r["lang"]): r for r in results["separation"]
     }
-    for (regime, rank, gamma, strategy, lang), row in by_key.items():
-        if strategy == "max-congrad" and (regime, rank, gamma, "min-congrad", lang) in by_key:
-            other = by_key[(regime, rank, gamma, "min-congrad", lang)]
+    for (regime, rank, gamma, lr, strategy, lang), row in by_key.items():
+        if strategy == "max-congrad" and (regime, rank, gamma, lr, "min-congrad", lang) in by_key:
+            other = by_key[(regime, rank, gamma, lr, "min-congrad", lang)]
             assert row["auc"] + other["auc"] == pytest.approx(1.0)
     # the trained kept sets are the scored selections: planted share = 1 - precision
     for row in headline:
-        key = (row["regime"], 4, 0.9, row["strategy"], row["lang"])
+        key = (row["regime"], 4, 0.9, 3e-3, row["strategy"], row["lang"])
         if key in by_key:
             precision = by_key[key]["precision"]
             assert row["kept_planted"] / row["kept"] == pytest.approx(1 - precision)

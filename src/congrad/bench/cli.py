@@ -42,6 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--gammas", type=lambda t: _numbers(t, float, "--gammas"), help="EMA decays, e.g. 0.5,0.9"
     )
     interference.add_argument(
+        "--warmup-lrs",
+        type=lambda t: _numbers(t, float, "--warmup-lrs"),
+        help="warm-up learning rates, e.g. 3e-4,1e-3,3e-3",
+    )
+    interference.add_argument(
         "--regimes",
         type=lambda t: tuple(p.strip() for p in t.split(",") if p.strip()),
         help="data regimes, the first also swept over rank and gamma (default "
@@ -53,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def quick_config(**overrides: Any) -> Any:
-    """The ``--quick`` setting: 3 languages, few pairs, 1 seed, two EMA settings."""
+    """The ``--quick`` setting: 3 languages, few pairs, 1 seed, two values per axis."""
     from congrad.bench.interference import BenchConfig
     from congrad.bench.interference_data import InterferenceSpec
 
@@ -70,6 +75,7 @@ def quick_config(**overrides: Any) -> Any:
         "seeds": 1,
         "ranks": (2, 4),
         "gammas": (0.5, 0.9),
+        "warmup_learning_rates": (1e-3, 3e-3),
         "rank": 4,
         "pretrain_steps": 10,
         "trained": ("full", "rand", "max-congrad", "min-congrad"),
@@ -90,6 +96,7 @@ def run_interference(args: argparse.Namespace) -> int:
             ("seeds", args.seeds),
             ("ranks", args.ranks),
             ("gammas", args.gammas),
+            ("warmup_learning_rates", args.warmup_lrs),
             ("regimes", args.regimes),
         )
         if value is not None

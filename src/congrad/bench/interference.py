@@ -12,8 +12,8 @@ parts; nothing of the method is re-implemented here):
    scratch on the synthetic languages (:mod:`congrad.bench.model`): ``M0``;
 2. warm-up: :func:`congrad.train.train_round` on the unfiltered warm-up pairs (round-1
    like, planted pairs included) gives ``M1`` and the per-language ``GradientEMA``, once
-   per EMA setting (rank, gamma); the EMA only reads gradients, so ``M1`` is the same
-   for every setting, which is checked;
+   per setting (EMA rank, gamma, warm-up learning rate); the EMA only reads gradients,
+   so ``M1`` is the same for every rank and gamma, which is checked;
 3. scoring at ``M1``: :func:`congrad.scoring.score_pairs` (CONGRAD cosines and the
    reference log-probs), :func:`congrad.selection.strategy_scores` for the others
    (lengths in tokens), :func:`congrad.selection.select_pairs` keeps ``keep_fraction``
@@ -65,8 +65,10 @@ class BenchConfig:
     seeds: int = 5
     ranks: tuple[int, ...] = (4, 16, 64)
     gammas: tuple[float, ...] = (0.5, 0.9, 0.99)
+    warmup_learning_rates: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     rank: int = 16
-    """The headline EMA rank (the sweeps vary one of rank and gamma at a time)."""
+    """The headline EMA rank (each sweep varies one of rank, gamma and the warm-up
+    learning rate at a time, the others at their headline values)."""
     gamma: float = 0.9
     keep_fraction: float = 0.5
     hidden_size: int = 64
@@ -74,6 +76,9 @@ class BenchConfig:
     alignment: float = 1.0
     pretrain_steps: int = 200
     learning_rate: float = 3e-3
+    """Learning rate of the LP-DPO epoch on each selection."""
+    warmup_learning_rate: float = 3e-3
+    """The headline learning rate of the warm-up epoch that fills the EMAs and gives M1."""
     batch_size: int = 8
     beta: float = 0.1
     alpha: float = 0.01
@@ -87,6 +92,8 @@ class BenchConfig:
             raise ValueError(f"ranks must be positive integers, got {self.ranks}")
         if not self.gammas or not all(0 <= g < 1 for g in self.gammas):
             raise ValueError(f"gammas must lie in [0, 1), got {self.gammas}")
+        if not self.warmup_learning_rates or min(self.warmup_learning_rates) <= 0:
+            raise ValueError(f"warm-up learning rates must be > 0: {self.warmup_learning_rates}")
         unknown = [s for s in self.trained if s != ORACLE and s not in set(Strategy)]
         if unknown:
             raise ValueError(f"unknown strategies {unknown}; known: {[*Strategy, ORACLE]}")
@@ -98,12 +105,17 @@ class BenchConfig:
         return replace(self.spec, **REGIMES[regime])
 
     @property
-    def ema_settings(self) -> list[tuple[int, float]]:
-        """The headline setting first, then each other rank (at the headline gamma) and
-        each other gamma (at the headline rank)."""
-        settings = [(self.rank, self.gamma)]
-        settings += [(r, self.gamma) for r in self.ranks if r != self.rank]
-        settings += [(self.rank, g) for g in self.gammas if g != self.gamma]
+    def headline(self) -> tuple[int, float, float]:
+        return self.rank, self.gamma, self.warmup_learning_rate
+
+    @property
+    def settings(self) -> list[tuple[int, float, float]]:
+        """``(rank, gamma, warm-up lr)``: the headline first, then one axis at a time."""
+        rank, gamma, lr = self.headline
+        settings = [self.headline]
+        settings += [(r, gamma, lr) for r in self.ranks if r != rank]
+        settings += [(rank, g, lr) for g in self.gammas if g != gamma]
+        settings += [(rank, gamma, w) for w in self.warmup_learning_rates if w != lr]
         return settings
 
     def train_config(self) -> TrainConfig:
@@ -224,26 +236,28 @@ def run_seed(
     separation: list[dict[str, Any]] = []
     accuracy: list[dict[str, Any]] = []
     planted = [p.pair_id in data.planted for p in data.candidates]
-    m1: dict[str, torch.Tensor] | None = None
-    refs: dict[str, dict[str, tuple[float, float]]] = {}
-    for rank, gamma in config.ema_settings if sweep else config.ema_settings[:1]:
-        headline = (rank, gamma) == (config.rank, config.gamma)
+    warmed: dict[float, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
+    for rank, gamma, warmup_lr in config.settings if sweep else config.settings[:1]:
+        headline = (rank, gamma, warmup_lr) == config.headline
         model = _fresh(config, tokenizer, m0)
         _, ema = train_round(
             model,
             tokenizer,
             data.warmup,
-            train=train,
+            train=train.model_copy(update={"learning_rate": warmup_lr}),
             ema=EMAConfig(rank=rank, gamma=gamma),
             seed=stable_seed(seed, "warmup"),
         )
-        if m1 is None:
-            m1 = _state(model)
-            refs = {
-                k: reference_logps(model, tokenizer, p, batch_size=64, max_length=32)
-                for k, p in data.evals.items()
-            }
-        elif any(not torch.equal(m1[k], v) for k, v in model.state_dict().items()):
+        if warmup_lr not in warmed:
+            warmed[warmup_lr] = (
+                _state(model),
+                {
+                    k: reference_logps(model, tokenizer, p, batch_size=64, max_length=32)
+                    for k, p in data.evals.items()
+                },
+            )
+        m1, refs = warmed[warmup_lr]
+        if any(not torch.equal(m1[k], v) for k, v in model.state_dict().items()):
             raise RuntimeError("the warm-up weights depend on the EMA setting; they must not")
         scored = score_pairs(
             model,
@@ -273,6 +287,7 @@ def run_seed(
                         "seed": seed,
                         "rank": rank,
                         "gamma": gamma,
+                        "warmup_lr": warmup_lr,
                         "strategy": strategy,
                         "lang": lang,
                         "auc": separation_auc(values, flags),
@@ -307,6 +322,7 @@ def run_seed(
                         "seed": seed,
                         "rank": rank,
                         "gamma": gamma,
+                        "warmup_lr": warmup_lr,
                         "strategy": strategy,
                         "lang": lang,
                         "kept": sum(lang_kept),
@@ -318,8 +334,8 @@ def run_seed(
                     }
                 )
         log(
-            f"{where}: EMA rank {rank}, gamma {gamma}: scored, trained {len(trained)} "
-            f"({time.perf_counter() - started:.0f} s)"
+            f"{where}: EMA rank {rank}, gamma {gamma}, warm-up lr {warmup_lr}: scored, "
+            f"trained {len(trained)} ({time.perf_counter() - started:.0f} s)"
         )
     return {"separation": separation, "accuracy": accuracy}
 

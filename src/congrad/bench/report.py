@@ -70,7 +70,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _headline(config: Mapping[str, Any]) -> Callable[[Row], bool]:
-    return lambda row: row["rank"] == config["rank"] and row["gamma"] == config["gamma"]
+    return where(
+        rank=config["rank"], gamma=config["gamma"], warmup_lr=config["warmup_learning_rate"]
+    )
 
 
 def _order(rows: Iterable[Row], key: str) -> list[Any]:
@@ -85,8 +87,10 @@ def summary_tables(results: Mapping[str, Any]) -> str:
     seeds = len(_order(accuracy or separation, "seed"))
     parts = [
         f"Mean over {seeds} seed(s) [95% bootstrap interval over seeds]; EMA rank "
-        f"{config['rank']}, gamma {config['gamma']}, keep fraction {config['keep_fraction']}, "
-        f"planted fraction {config['spec']['planted_fraction']}."
+        f"{config['rank']}, gamma {config['gamma']}, warm-up learning rate "
+        f"{config['warmup_learning_rate']:g}, training learning rate {config['learning_rate']:g}, "
+        f"keep fraction {config['keep_fraction']}, planted fraction "
+        f"{config['spec']['planted_fraction']}."
     ]
     for regime in _order(separation, "regime"):
         in_regime = [r for r in separation if r["regime"] == regime and headline(r)]
@@ -159,39 +163,44 @@ def summary_tables(results: Mapping[str, Any]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+AXES = (
+    ("rank", "rank", "EMA rank"),
+    ("gamma", "gamma", "EMA gamma"),
+    ("warmup_lr", "warmup_learning_rate", "warm-up learning rate"),
+)
+"""Swept axes: (row field, config field, label)."""
+
+
 def sweep_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per EMA setting of the swept regime: AUC, precision and accuracies."""
+    """One row per setting (rank, gamma, warm-up lr) of the swept regime: AUC, precision
+    and accuracies of max- and min-congrad."""
     config = results["config"]
     separation, accuracy = results["separation"], results["accuracy"]
     if not separation:
         return []
     regime = separation[0]["regime"]
-    pairs = sorted({(r["rank"], r["gamma"]) for r in separation if r["regime"] == regime})
+    settings = sorted(
+        {(r["rank"], r["gamma"], r["warmup_lr"]) for r in separation if r["regime"] == regime}
+    )
+    headline = tuple(config[field] for _, field, _ in AXES)
     out = []
-    for rank, gamma in pairs:
-        congrad = where(regime=regime, rank=rank, gamma=gamma, strategy="max-congrad")
+    for rank, gamma, lr in settings:
+        label = f"{rank}:{gamma}:{lr}"
+        at = {"regime": regime, "rank": rank, "gamma": gamma, "warmup_lr": lr}
+        congrad = where(**at, strategy="max-congrad")
         row: dict[str, Any] = {
             "rank": rank,
             "gamma": gamma,
-            "headline": (rank, gamma) == (config["rank"], config["gamma"]),
-            "auc": summarize(
-                per_seed(separation, "auc", congrad),
-                f"sweep:auc:{rank}:{gamma}",
-            ),
-            "precision": summarize(
-                per_seed(separation, "precision", congrad),
-                f"sweep:p:{rank}:{gamma}",
-            ),
+            "warmup_lr": lr,
+            "headline": (rank, gamma, lr) == headline,
+            "auc": summarize(per_seed(separation, "auc", congrad), f"sweep:auc:{label}"),
+            "precision": summarize(per_seed(separation, "precision", congrad), f"sweep:p:{label}"),
         }
         for strategy in ("max-congrad", "min-congrad"):
             for kind in (PRIMARY, "shared_vs_neutral"):
                 row[f"{strategy}:{kind}"] = summarize(
-                    per_seed(
-                        accuracy,
-                        kind,
-                        where(regime=regime, rank=rank, gamma=gamma, strategy=strategy),
-                    ),
-                    f"sweep:{strategy}:{kind}:{rank}:{gamma}",
+                    per_seed(accuracy, kind, where(**at, strategy=strategy)),
+                    f"sweep:{strategy}:{kind}:{label}",
                 )
         out.append(row)
     return out
@@ -205,6 +214,7 @@ def sweep_table(results: Mapping[str, Any]) -> str:
     header = [
         "rank",
         "gamma",
+        "warm-up lr",
         "AUC max-congrad",
         "precision",
         f"max-congrad {PRIMARY}",
@@ -215,6 +225,7 @@ def sweep_table(results: Mapping[str, Any]) -> str:
         [
             f"{row['rank']}" + (" *" if row["headline"] else ""),
             f"{row['gamma']}",
+            f"{row['warmup_lr']:g}",
             _cell(row["auc"]),
             _cell(row["precision"]),
             _cell(row[f"max-congrad:{PRIMARY}"]),
@@ -223,7 +234,10 @@ def sweep_table(results: Mapping[str, Any]) -> str:
         ]
         for row in rows
     ]
-    return f"### EMA rank and gamma: {regime} (* headline setting)\n\n" + _table(header, body)
+    return (
+        f"### EMA rank, gamma and warm-up learning rate: {regime} (* headline setting)\n\n"
+        + _table(header, body)
+    )
 
 
 def _csv(rows: Sequence[Row]) -> str:
@@ -302,40 +316,42 @@ def plot_language_accuracy(results: Mapping[str, Any], regime: str, path: Path) 
 
 
 def plot_sweep(results: Mapping[str, Any], path: Path) -> Path:
-    """AUC and max-/min-congrad accuracy against EMA rank (left) and gamma (right)."""
+    """AUC and max-/min-congrad accuracy against each swept axis, the others at their
+    headline values (one panel per axis)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     config = results["config"]
     rows = sweep_rows(results)
-    figure = Figure(figsize=(10.0, 4.0))
+    figure = Figure(figsize=(13.0, 4.0))
     FigureCanvasAgg(figure)
-    left, right = figure.subplots(1, 2, sharey=True)
+    panels = figure.subplots(1, len(AXES), sharey=True)
     series = [
         ("auc", "AUC max-congrad"),
         (f"max-congrad:{PRIMARY}", f"max-congrad {PRIMARY}"),
         (f"min-congrad:{PRIMARY}", f"min-congrad {PRIMARY}"),
     ]
-    for axes, key, fixed, name in (
-        (left, "rank", "gamma", "EMA rank"),
-        (right, "gamma", "rank", "EMA gamma"),
-    ):
-        chosen = sorted((r for r in rows if r[fixed] == config[fixed]), key=lambda r: r[key])
-        for field, label in series:
-            points = [(r[key], r[field]) for r in chosen if r[field] is not None]
+    for axes, (key, _, name) in zip(panels, AXES, strict=True):
+        others = [(k, f) for k, f, _ in AXES if k != key]
+        chosen = sorted(
+            (r for r in rows if all(r[k] == config[f] for k, f in others)), key=lambda r: r[key]
+        )
+        for value, label in series:
+            points = [(r[key], r[value]) for r in chosen if r[value] is not None]
             if not points:
                 continue
             xs = [x for x, _ in points]
             means = [s[0] for _, s in points]
             errors = [[s[0] - s[1] for _, s in points], [s[2] - s[0] for _, s in points]]
             axes.errorbar(xs, means, yerr=errors, marker="o", capsize=3, label=label)
-        if key == "rank":
-            axes.set_xscale("log", base=2)
+        if key != "gamma":
+            axes.set_xscale("log", base=2 if key == "rank" else 10)
         axes.axhline(0.5, color="grey", linestyle="--", linewidth=1)
-        axes.set_xlabel(f"{name} ({fixed} = {config[fixed]})")
+        fixed = ", ".join(f"{k} {config[f]:g}" for k, f in others)
+        axes.set_xlabel(f"{name} ({fixed})")
         axes.set_ylim(0, 1)
-    left.legend(frameon=False, fontsize=8)
-    return _save(figure, path, "EMA rank and gamma")
+    panels[0].legend(frameon=False, fontsize=8)
+    return _save(figure, path, "EMA rank, gamma and warm-up learning rate")
 
 
 def write_report(results: Mapping[str, Any], output: str | os.PathLike[str]) -> str:
