@@ -275,3 +275,15 @@ def test_cli_refuses_bad_numbers(capsys):
     assert "--ranks takes comma-separated numbers" in capsys.readouterr().err
     assert main(["bench", "interference", "--quick", "--regimes", "nope"]) == 2
     assert "unknown regimes" in capsys.readouterr().err
+
+
+def test_gradient_ema_subset_is_the_matching_block_of_the_gram(filled_ema):
+    full = filled_ema.gram()
+    languages = filled_ema.languages
+    view = filled_ema.subset([languages[2], languages[0]])
+    assert view.languages == sorted([languages[2], languages[0]])
+    rows = [languages.index(lang) for lang in view.languages]
+    assert view.gram() == pytest.approx(full[rows][:, rows], rel=1e-6)
+    assert filled_ema.languages == languages  # the original keeps every language
+    with pytest.raises(KeyError, match="no EMA for languages"):
+        filled_ema.subset(["xx"])

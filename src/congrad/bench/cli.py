@@ -42,6 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--gammas", type=lambda t: _numbers(t, float, "--gammas"), help="EMA decays, e.g. 0.5,0.9"
     )
     interference.add_argument(
+        "--warmup-lr",
+        type=float,
+        help="the headline warm-up learning rate (default 3e-3, the training one)",
+    )
+    interference.add_argument(
         "--warmup-lrs",
         type=lambda t: _numbers(t, float, "--warmup-lrs"),
         help="warm-up learning rates, e.g. 3e-4,1e-3,3e-3",
@@ -78,7 +83,7 @@ def quick_config(**overrides: Any) -> Any:
         "warmup_learning_rates": (1e-3, 3e-3),
         "rank": 4,
         "pretrain_steps": 10,
-        "trained": ("full", "rand", "max-congrad", "min-congrad"),
+        "trained": ("full", "rand", "max-congrad", "min-congrad", "own-ema"),
         **overrides,
     }
     return BenchConfig(**settings)
@@ -97,6 +102,7 @@ def run_interference(args: argparse.Namespace) -> int:
             ("ranks", args.ranks),
             ("gammas", args.gammas),
             ("warmup_learning_rates", args.warmup_lrs),
+            ("warmup_learning_rate", args.warmup_lr),
             ("regimes", args.regimes),
         )
         if value is not None

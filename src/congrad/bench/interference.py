@@ -22,7 +22,9 @@ parts; nothing of the method is re-implemented here):
    ``M1``), then on the held-out sets the implicit rewards ``beta * (log pi - log
    pi_ref)`` of chosen and rejected give the preference accuracy per language.
 
-``oracle`` (benchmark only) keeps the clean pairs first: the best any filter can do.
+Benchmark-only strategies: ``oracle`` keeps the clean pairs first (the best any filter
+can do); ``own-ema`` ranks by the cosine to the pair's own language's EMA alone, which
+asks whether the cross-lingual consensus matters at all.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ from congrad.selection import select_pairs, strategy_scores
 from congrad.train import reference_logps, train_round
 
 ORACLE = "oracle"
+OWN_EMA = "own-ema"
+"""Benchmark-only ablation: the cosine to the pair's own language's EMA alone, with no
+cross-lingual consensus (``GradientEMA.subset``); keeps the largest like max-congrad."""
 REGIMES: dict[str, dict[str, Any]] = {
     "attribute": {"rule": "attribute"},
     "successor": {"rule": "successor"},
@@ -52,7 +57,7 @@ REGIMES: dict[str, dict[str, Any]] = {
 }
 """Named settings of the data (overrides of the config's ``spec``); the EMA sweeps run on
 the first regime of a run only."""
-SEPARATION_STRATEGIES = ("rand", "max-len", "max-reward", "max-congrad", "min-congrad")
+SEPARATION_STRATEGIES = ("rand", "max-len", "max-reward", "max-congrad", "min-congrad", OWN_EMA)
 TRAINED_STRATEGIES = ("full", "rand", "max-len", "max-reward", "max-congrad", "min-congrad")
 SWEPT_STRATEGIES = ("max-congrad", "min-congrad")
 
@@ -82,7 +87,7 @@ class BenchConfig:
     batch_size: int = 8
     beta: float = 0.1
     alpha: float = 0.01
-    trained: tuple[str, ...] = (*TRAINED_STRATEGIES, ORACLE)
+    trained: tuple[str, ...] = (*TRAINED_STRATEGIES, OWN_EMA, ORACLE)
     regimes: tuple[str, ...] = ("attribute", "successor")
 
     def __post_init__(self) -> None:
@@ -92,11 +97,14 @@ class BenchConfig:
             raise ValueError(f"ranks must be positive integers, got {self.ranks}")
         if not self.gammas or not all(0 <= g < 1 for g in self.gammas):
             raise ValueError(f"gammas must lie in [0, 1), got {self.gammas}")
+        if self.warmup_learning_rate <= 0:
+            raise ValueError(f"warmup_learning_rate must be > 0: {self.warmup_learning_rate}")
         if not self.warmup_learning_rates or min(self.warmup_learning_rates) <= 0:
             raise ValueError(f"warm-up learning rates must be > 0: {self.warmup_learning_rates}")
-        unknown = [s for s in self.trained if s != ORACLE and s not in set(Strategy)]
+        extra = (ORACLE, OWN_EMA)
+        unknown = [s for s in self.trained if s not in extra and s not in set(Strategy)]
         if unknown:
-            raise ValueError(f"unknown strategies {unknown}; known: {[*Strategy, ORACLE]}")
+            raise ValueError(f"unknown strategies {unknown}; known: {[*Strategy, *extra]}")
         unknown = [r for r in self.regimes if r not in REGIMES]
         if unknown or not self.regimes:
             raise ValueError(f"unknown regimes {unknown or '(none given)'}; known: {list(REGIMES)}")
@@ -167,11 +175,16 @@ def _selection(
     cosines: dict[str, float],
     lengths: dict[str, tuple[int, int]],
     keep: float,
+    own_cosines: dict[str, float] | None = None,
 ) -> tuple[dict[str, float | None], list[bool]]:
     """A strategy's scores and the kept flag of every candidate (candidate order)."""
     pairs = data.candidates
-    if strategy == ORACLE:
-        scores: dict[str, float | None] = dict(_oracle_scores(data, pairs))
+    scores: dict[str, float | None]
+    if strategy in (ORACLE, OWN_EMA):
+        if strategy == OWN_EMA and own_cosines is None:
+            raise ValueError("own-ema needs the cosines to each language's own EMA")
+        extra = _oracle_scores(data, pairs) if strategy == ORACLE else own_cosines
+        scores = dict(extra or {})
         chosen = Strategy.MAX_CONGRAD  # any max-* strategy: keep the largest scores
     else:
         chosen = Strategy(strategy)
@@ -272,9 +285,26 @@ def run_seed(
         cosines = {s.pair_id: s.cosine for s in scored}
         lengths = {s.pair_id: (s.chosen_length, s.rejected_length) for s in scored}
         candidate_refs = {s.pair_id: (s.ref_chosen_logps, s.ref_rejected_logps) for s in scored}
+        own_cosines: dict[str, float] = {}
+        if headline:  # the ablation: each language scored against its own EMA only
+            for lang in spec.codes:
+                subset = [p for p in data.candidates if p.lang == lang]
+                own = score_pairs(
+                    model,
+                    tokenizer,
+                    subset,
+                    ema.subset([lang]),
+                    beta=config.beta,
+                    alpha=config.alpha,
+                    batch_size=32,
+                    max_length=32,
+                )
+                own_cosines.update({s.pair_id: s.cosine for s in own})
         separated = SEPARATION_STRATEGIES if headline else ("max-congrad",)
         for strategy in separated:
-            scores, kept = _selection(strategy, data, cosines, lengths, config.keep_fraction)
+            scores, kept = _selection(
+                strategy, data, cosines, lengths, config.keep_fraction, own_cosines
+            )
             for lang in spec.codes:
                 rows = [i for i, p in enumerate(data.candidates) if p.lang == lang]
                 # Ranked the way the strategy keeps: a min-* score counts negated.
@@ -296,7 +326,9 @@ def run_seed(
                 )
         trained = config.trained if headline else SWEPT_STRATEGIES
         for strategy in trained:
-            _, kept = _selection(strategy, data, cosines, lengths, config.keep_fraction)
+            _, kept = _selection(
+                strategy, data, cosines, lengths, config.keep_fraction, own_cosines
+            )
             subset = [p for p, k in zip(data.candidates, kept, strict=True) if k]
             policy = _fresh(config, tokenizer, m1)
             result, _ = train_round(

@@ -212,6 +212,9 @@ def _pair_set(
     planted_ids: set[str] = set()
     for index, lang in enumerate(spec.codes):
         rng = random.Random(stable_seed(seed, "interference", name, lang))
+        # Judge scores from their own stream: regimes that differ only in the margins
+        # (planted_margin_shift) get the very same pairs.
+        judge = random.Random(stable_seed(seed, "interference", name, lang, "judge"))
         order = list(range(count))
         rng.shuffle(order)
         planted_rows = set(order[: round(fraction * count)]) if kind == "train" else set()
@@ -230,7 +233,7 @@ def _pair_set(
                 chosen, rejected = own, shared
             else:  # train (shared) or shared_vs_neutral
                 chosen, rejected = shared, other
-            chosen_score, rejected_score = _scores(rng, planted, spec.planted_margin_shift)
+            chosen_score, rejected_score = _scores(judge, planted, spec.planted_margin_shift)
             fillers = (rng.randint(0, spec.max_filler), rng.randint(0, spec.max_filler))
             if kind != "train":  # held out: equal lengths, so only the answer differs
                 fillers = (fillers[0], fillers[0])

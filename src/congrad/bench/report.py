@@ -29,6 +29,7 @@ from congrad.plots import _figure, _save
 
 Row = Mapping[str, Any]
 PRIMARY = "shared_vs_own"
+OWN = "own-ema"  # congrad.bench.interference.OWN_EMA (not imported: that module loads torch)
 
 
 def per_seed(rows: Iterable[Row], value: str, where: Callable[[Row], bool]) -> dict[int, float]:
@@ -143,7 +144,7 @@ def summary_tables(results: Mapping[str, Any]) -> str:
             + _table(["strategy", *langs], rows)
         )
         rows = []
-        for base in ("rand", "full", "max-reward"):
+        for base in ("rand", "full", "max-reward", OWN):
             if base not in strategies or "max-congrad" not in strategies:
                 continue
             cells = [f"max-congrad - {base}"]
@@ -346,6 +347,9 @@ def plot_sweep(results: Mapping[str, Any], path: Path) -> Path:
             axes.errorbar(xs, means, yerr=errors, marker="o", capsize=3, label=label)
         if key != "gamma":
             axes.set_xscale("log", base=2 if key == "rank" else 10)
+            axes.minorticks_off()
+            values = [r[key] for r in chosen]
+            axes.set_xticks(values, [f"{v:g}" for v in values])
         axes.axhline(0.5, color="grey", linestyle="--", linewidth=1)
         fixed = ", ".join(f"{k} {config[f]:g}" for k, f in others)
         axes.set_xlabel(f"{name} ({fixed})")
