@@ -120,7 +120,7 @@ class InterferenceData:
     evals: dict[str, tuple[PreferencePair, ...]]
     planted: frozenset[str]
     pretrain: tuple[tuple[str, str], ...] = field(repr=False)
-    """``(prompt, response)`` texts with uniformly random answers (:func:`pretrain_corpus`)."""
+    """``(prompt, response)`` pre-training texts (:func:`pretrain_corpus`)."""
 
 
 def language_codes(count: int) -> list[str]:

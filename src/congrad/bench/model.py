@@ -14,8 +14,9 @@ embedding of word ``(lang, k)`` is ``alignment * u_k + (1 - alignment) * w_{lang
 v_lang``, a symbol vector shared by every language, a word-specific vector and a script
 vector (all Gaussian, std 0.1). ``alignment = 1`` models a multilingual LM whose languages
 share representations; ``0`` one whose languages share nothing but the transformer
-weights. Pre-training (plain next-token loss on prompts with uniformly random answers)
-then teaches the format and each script but no preference.
+weights. Pre-training (plain next-token loss on
+:func:`~congrad.bench.interference_data.pretrain_corpus`) then teaches the format, each
+script and both the shared and the language's own answers, without deciding between them.
 """
 
 from __future__ import annotations
