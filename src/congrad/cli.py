@@ -287,6 +287,12 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from congrad.bench.cli import run_interference
+
+    return run_interference(args)
+
+
 def _show_config(args: argparse.Namespace) -> int:
     from congrad.config import config_to_yaml
 
@@ -365,6 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="rebuild the report of a run or comparison")
     report.add_argument("folder", help="a comparison folder or a run folder")
     report.set_defaults(handler=_report)
+
+    bench = commands.add_parser("bench", help="benchmarks of the method's claims")
+    from congrad.bench.cli import add_arguments
+
+    add_arguments(bench)
+    bench.set_defaults(handler=_bench)
 
     show = commands.add_parser("show-config", help="print the resolved, validated config")
     _add_config_arguments(show)

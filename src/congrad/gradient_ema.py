@@ -22,6 +22,7 @@ times less but changes the floating-point path; we chose the exact, simple one.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import json
 import re
@@ -123,6 +124,19 @@ class GradientEMA:
         if lang not in self._emas:
             raise KeyError(f"no EMA for language {lang!r}; seen: {self.languages}")
         return self._emas[lang]
+
+    def subset(self, languages: Sequence[str]) -> GradientEMA:
+        """A view holding only ``languages`` (their factors shared, not copied): scoring
+        against it uses a consensus of those languages alone (an ablation of the
+        cross-lingual consensus, e.g. one language's own EMA)."""
+        missing = [lang for lang in languages if lang not in self._emas]
+        if missing or not languages:
+            raise KeyError(
+                f"no EMA for languages {missing or '(none given)'}; seen: {self.languages}"
+            )
+        view = copy.copy(self)
+        view._emas = {lang: self._emas[lang] for lang in languages}
+        return view
 
     def _new_language(self, lang: str) -> dict[str, LowRankEMA]:
         return {
