@@ -31,8 +31,11 @@ WORKER = ROOT / "tests" / "distributed_worker.py"
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
 
-def _launch(args: list[str], processes: int, cwd: Path) -> None:
-    """``python ARGS`` alone, or under torchrun with ``processes`` ranks."""
+def _launch(
+    args: list[str], processes: int, cwd: Path, expect: int = 0
+) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` alone, or under torchrun with ``processes`` ranks; asserts the exit
+    status is ``expect``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     env.pop("WORLD_SIZE", None)
     launcher = [sys.executable]
@@ -42,7 +45,8 @@ def _launch(args: list[str], processes: int, cwd: Path) -> None:
     done = subprocess.run(
         [*launcher, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == expect, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
 
 
 # -- pure helpers ---------------------------------------------------------------------------
@@ -196,6 +200,13 @@ def test_congrad_run_and_evaluate_on_two_processes_write_what_one_process_writes
         (s["pair_id"], s["kept"]) for s in selections[1]
     ]
     assert (two / "round_2/winrates.json").exists() and (two / "round_2/eval_mcq.jsonl").exists()
+    # A changed config is refused on every rank (each exits 2 with the reason; none hangs
+    # waiting for the main process), and nothing in the folder changes.
+    before = {p: p.stat().st_mtime_ns for p in two.rglob("*") if p.is_file()}
+    cli = ["-m", "congrad.cli", "run", "--config", str(SMOKE), "--quiet"]
+    refused = _launch([*cli, f"output_dir={two}", "rounds=3"], 2, tmp_path, expect=1)
+    assert refused.stderr.count("changed keys: rounds") == 2
+    assert {p: p.stat().st_mtime_ns for p in two.rglob("*") if p.is_file()} == before
     # Only the main process wrote: one manifest per stage, no stray partial logs.
     assert not list(two.rglob("*.partial.jsonl"))
     assert (two / "summary.json").exists() and (two / "round_2/model/model.safetensors").exists()
