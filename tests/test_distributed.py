@@ -246,3 +246,34 @@ def test_standalone_filter_on_two_processes_selects_what_one_process_selects(tmp
     for name, value in emas[0].items():
         scale = value.abs().max().clamp_min(1e-12)
         assert (emas[1][name] - value).abs().max() / scale < 1e-3, name
+
+
+# -- engines congrad refuses ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "fsdp_version", "refused"),
+    [
+        ("MULTI_GPU", None, False),
+        ("MULTI_CPU", None, False),
+        ("FSDP", 2, False),
+        ("FSDP", 1, True),
+        ("DEEPSPEED", None, True),
+    ],
+)
+def test_training_refuses_engines_that_hide_the_per_minibatch_gradient(kind, fsdp_version, refused):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from congrad.train import _check_gradients_whole
+
+    plugin = None if fsdp_version is None else SimpleNamespace(fsdp_version=fsdp_version)
+    accelerator = SimpleNamespace(
+        distributed_type=DistributedType[kind], state=SimpleNamespace(fsdp_plugin=plugin)
+    )
+    if refused:
+        with pytest.raises(NotImplementedError, match="DDP and FSDP version 2"):
+            _check_gradients_whole(accelerator)
+    else:
+        _check_gradients_whole(accelerator)
