@@ -1,8 +1,9 @@
 """A train_round / score_pairs job for the multi-process invariance tests.
 
 Run alone (one process) or under ``torchrun --nproc_per_node N`` with the same arguments:
-``python tests/distributed_worker.py OUT BATCH ACCUMULATION [fsdp]`` (``fsdp``: the model is
-sharded with FSDP2's ``fully_shard`` before training, and no scores are computed). The main
+``python tests/distributed_worker.py OUT BATCH ACCUMULATION [fsdp] [lora]`` (``fsdp``: the
+model is sharded with FSDP2's ``fully_shard`` before training, and no scores are computed;
+``lora``: a LoRA adapter is attached first, so DDP reduces only its gradients). The main
 process writes ``OUT/result.json`` (per-minibatch log, scores) and ``OUT/weights.safetensors`` and
 ``OUT/ema.safetensors`` (the trained weights and the round's GradientEMA); every rank
 writes ``OUT/ema.<rank>.safetensors`` so the test can check the ranks agree.
@@ -28,9 +29,14 @@ from congrad.testing import tiny_causal_lm
 from congrad.train import train_round
 
 
-def main(out: Path, batch_size: int, accumulation: int, fsdp: bool) -> None:
+def main(out: Path, batch_size: int, accumulation: int, fsdp: bool, lora: bool) -> None:
     torch.manual_seed(0)
     model, tokenizer = tiny_causal_lm(seed=0)
+    if lora:  # a fresh, fixed-seed adapter: the EMA and the scores track its A and B
+        from congrad.config import LoRAConfig
+        from congrad.lora import attach_adapter
+
+        model = attach_adapter(model, LoRAConfig(enabled=True, r=4, alpha=8, dropout=0.0))
     if fsdp:  # FSDP2 by hand, as accelerate's fsdp_version 2 does: each block, then the root
         from torch.distributed.fsdp import fully_shard
 
@@ -73,4 +79,7 @@ def main(out: Path, batch_size: int, accumulation: int, fsdp: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), "fsdp" in sys.argv[4:])
+    options = sys.argv[4:]
+    main(
+        Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), "fsdp" in options, "lora" in options
+    )

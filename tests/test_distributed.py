@@ -99,14 +99,18 @@ def _selection(scores: list[dict]) -> list[bool]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("accumulation", "sharding"), [(1, "ddp"), (2, "ddp"), (1, "fsdp")], ids=str
+    ("accumulation", "sharding"), [(1, "ddp"), (2, "ddp"), (1, "fsdp"), (1, "lora")], ids=str
 )
 def test_two_processes_train_and_score_like_one(tmp_path, accumulation, sharding):
     runs = {}
     for processes in (1, 2):
         out = tmp_path / f"w{processes}"
         args = [str(WORKER), str(out), "4", str(accumulation)]
-        _launch(args + ([sharding] if processes > 1 else []), processes, tmp_path)
+        if sharding == "lora":  # LoRA in both runs (DDP over the adapter's parameters)
+            args.append("lora")
+        elif processes > 1 and sharding == "fsdp":  # the one-process run is unsharded
+            args.append("fsdp")
+        _launch(args, processes, tmp_path)
         runs[processes] = out
     one = json.loads((runs[1] / "result.json").read_text())
     two = json.loads((runs[2] / "result.json").read_text())
