@@ -66,6 +66,10 @@ def main(out: Path, batch_size: int, accumulation: int, fsdp: bool, lora: bool) 
     me = distributed.rank()
     ema.save(out / f"ema.{me}.safetensors")
     if distributed.is_main():
+        if fsdp:  # as the train stage saves M_t: the sharded model with the gathered weights
+            from congrad.train import save_round_model
+
+            save_round_model(model, tokenizer, out / "model", state_dict=weights)
         weights = {name: weights[name].contiguous() for name, _ in model.named_parameters()}
         save_file(weights, str(out / "weights.safetensors"))
         report = {

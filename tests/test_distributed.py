@@ -152,6 +152,12 @@ def test_two_processes_train_and_score_like_one(tmp_path, accumulation, sharding
 
     if sharding == "fsdp":  # (the loop scores with the whole model, reloaded)
         assert two["scores"] == []
+        # M_t saved from the shards loads as a plain model with the trained weights
+        from transformers import AutoModelForCausalLM
+
+        saved = AutoModelForCausalLM.from_pretrained(runs[2] / "model")
+        for name, value in saved.state_dict().items():
+            torch.testing.assert_close(value, weights_one[name], rtol=0, atol=1e-5, msg=name)
         return
     # Sharded scoring gathers every pair's score; the selection is the same.
     assert [s["pair_id"] for s in two["scores"]] == [s["pair_id"] for s in one["scores"]]

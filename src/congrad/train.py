@@ -394,7 +394,9 @@ def save_round_model(
     for key in ("is_local", "local_files_only"):
         getattr(tokenizer, "init_kwargs", {}).pop(key, None)
     try:
-        model.save_pretrained(staging, state_dict=state_dict)  # None: the model's own
+        # save_pretrained edits a given state dict (drops tied duplicates): hand it a copy
+        own = None if state_dict is None else dict(state_dict)
+        model.save_pretrained(staging, state_dict=own)  # None: the model's own weights
         tokenizer.save_pretrained(staging)
         for path in [*staging.rglob("*"), staging]:
             _fsync(path)
