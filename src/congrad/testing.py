@@ -63,6 +63,29 @@ def tiny_tokenizer(vocab_size: int = 512) -> Any:
     return tokenizer
 
 
+def tiny_llama_config(
+    tokenizer: Any, hidden_size: int, num_layers: int, *, max_positions: int
+) -> Any:
+    """A small ``LlamaConfig`` (4 query and 2 key-value heads, MLP twice the hidden size,
+    untied embeddings) for ``tokenizer``'s vocabulary and special tokens."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        initializer_range=0.1,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+
+
 def tiny_causal_lm(
     seed: int = 0,
     *,
@@ -74,23 +97,10 @@ def tiny_causal_lm(
 
     The weights depend only on ``seed`` (the global RNG state is saved and restored).
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     tokenizer = tiny_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        initializer_range=0.1,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
+    config = tiny_llama_config(tokenizer, hidden_size, num_layers, max_positions=1024)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cast(Any, LlamaForCausalLM(config)).to(dtype)

@@ -59,24 +59,13 @@ def build_model(
     alignment: float = 1.0,
 ) -> Any:
     """A random ``LlamaForCausalLM`` with script-aligned embeddings (module docstring)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
+
+    from congrad.testing import tiny_llama_config
 
     if not 0 <= alignment <= 1:
         raise ValueError(f"alignment must lie in [0, 1], got {alignment}")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        initializer_range=0.1,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
+    config = tiny_llama_config(tokenizer, hidden_size, num_layers, max_positions=64)
     generator = torch.Generator().manual_seed(stable_seed(seed, "bench-model"))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stable_seed(seed, "bench-weights"))

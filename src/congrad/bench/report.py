@@ -258,21 +258,9 @@ def plot_separation(results: Mapping[str, Any], path: Path) -> Path:
     regimes, strategies = _order(rows, "regime"), _order(rows, "strategy")
     width = 0.8 / max(len(regimes), 1)
     for column, regime in enumerate(regimes):
-        means: list[float] = []
-        errors: list[list[float]] = [[], []]
-        for strategy in strategies:
-            found = summarize(
-                per_seed(
-                    rows,
-                    "auc",
-                    where(strategy=strategy, regime=regime),
-                ),
-                "plot",
-            )
-            mean, low, high = found or (float("nan"),) * 3
-            means.append(mean)
-            errors[0].append(mean - low)
-            errors[1].append(high - mean)
+        means, errors = _bars(
+            rows, "auc", [where(strategy=strategy, regime=regime) for strategy in strategies]
+        )
         positions = [i - 0.4 + width * (column + 0.5) for i in range(len(strategies))]
         axes.bar(positions, means, width=width, yerr=errors, capsize=3, label=regime)
     axes.axhline(0.5, color="grey", linestyle="--", linewidth=1)
@@ -283,6 +271,22 @@ def plot_separation(results: Mapping[str, Any], path: Path) -> Path:
     return _save(figure, path, "Separation of planted conflicting pairs")
 
 
+def _bars(
+    rows: Sequence[Row], metric: str, selections: Sequence[Callable[[Row], bool]]
+) -> tuple[list[float], list[list[float]]]:
+    """Per selection: the mean of ``metric`` over seeds and its interval as error-bar
+    lengths ``[below, above]`` (NaN where nothing was selected)."""
+    means: list[float] = []
+    errors: list[list[float]] = [[], []]
+    for selection in selections:
+        found = summarize(per_seed(rows, metric, selection), "plot")
+        mean, low, high = found or (float("nan"),) * 3
+        means.append(mean)
+        errors[0].append(mean - low)
+        errors[1].append(high - mean)
+    return means, errors
+
+
 def plot_language_accuracy(results: Mapping[str, Any], regime: str, path: Path) -> Path:
     """Per-language held-out accuracy (primary kind) per strategy, with intervals."""
     headline = _headline(results["config"])
@@ -291,21 +295,9 @@ def plot_language_accuracy(results: Mapping[str, Any], regime: str, path: Path) 
     figure, axes = _figure(width=max(8.0, 1.2 * len(langs) * max(len(strategies), 1) / 3))
     width = 0.8 / max(len(strategies), 1)
     for column, strategy in enumerate(strategies):
-        means: list[float] = []
-        errors: list[list[float]] = [[], []]
-        for lang in langs:
-            found = summarize(
-                per_seed(
-                    rows,
-                    PRIMARY,
-                    where(strategy=strategy, lang=lang),
-                ),
-                "plot",
-            )
-            mean, low, high = found or (float("nan"),) * 3
-            means.append(mean)
-            errors[0].append(mean - low)
-            errors[1].append(high - mean)
+        means, errors = _bars(
+            rows, PRIMARY, [where(strategy=strategy, lang=lang) for lang in langs]
+        )
         positions = [i - 0.4 + width * (column + 0.5) for i in range(len(langs))]
         axes.bar(positions, means, width=width, yerr=errors, capsize=2, label=strategy)
     axes.axhline(0.5, color="grey", linestyle="--", linewidth=1)
