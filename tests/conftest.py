@@ -34,6 +34,15 @@ def make_pairs(count: int = 9) -> list[PreferencePair]:
     return pairs
 
 
+def write_preference_file(path, pairs: list[PreferencePair]) -> None:
+    """``pairs`` as a preference dataset file (``id, lang, prompt, chosen, rejected``), the
+    input of ``congrad filter --dataset``."""
+    from congrad.artifacts import write_jsonl
+
+    columns = ("lang", "prompt", "chosen", "rejected")
+    write_jsonl(path, ({"id": p.pair_id, **{c: getattr(p, c) for c in columns}} for p in pairs))
+
+
 def fill_ema(model, tokenizer, pairs, ema: GradientEMA, steps: int = 6) -> None:
     """Run single-language LP-DPO backward passes and fold each into the EMA."""
     model.train()

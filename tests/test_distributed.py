@@ -24,7 +24,7 @@ from congrad import distributed
 from congrad.config import Strategy
 from congrad.records import PairScore, PreferencePair
 from congrad.selection import select_pairs, strategy_scores
-from tests.conftest import make_pairs
+from tests.conftest import make_pairs, write_preference_file
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "distributed_worker.py"
@@ -225,21 +225,7 @@ def test_congrad_run_and_evaluate_on_two_processes_write_what_one_process_writes
 @pytest.mark.slow
 def test_standalone_filter_on_two_processes_selects_what_one_process_selects(tmp_path):
     dataset = tmp_path / "prefs.jsonl"
-    dataset.write_text(
-        "".join(
-            json.dumps(
-                {
-                    "id": p.pair_id,
-                    "lang": p.lang,
-                    "prompt": p.prompt,
-                    "chosen": p.chosen,
-                    "rejected": p.rejected,
-                }
-            )
-            + "\n"
-            for p in make_pairs(14)
-        )
-    )
+    write_preference_file(dataset, make_pairs(14))
     outputs = {}
     for processes in (1, 2):
         outputs[processes] = tmp_path / f"selected{processes}"

@@ -9,7 +9,6 @@ import torch
 
 from congrad import GradientEMA, score_pairs
 from congrad.config import LoRAConfig, load_config
-from congrad.encoding import encode_pair
 from congrad.gradient_ema import tracked_linears
 from congrad.lora import (
     LORA_INCLUDE,
@@ -22,8 +21,7 @@ from congrad.lora import (
     has_adapter,
     merge_adapter,
 )
-from congrad.losses import lp_dpo_loss, sequence_logps
-from congrad.reference import per_pair_scores
+from congrad.reference import pair_loss, per_pair_scores
 from congrad.testing import tiny_causal_lm
 
 from .conftest import fill_ema, make_pairs
@@ -44,21 +42,9 @@ def _perturb_b(model, seed: int = 3, scale: float = 0.05) -> None:
                 linear.weight.copy_(scale * noise)
 
 
-def _pair_loss(model, tokenizer, pair, max_length: int = 64) -> torch.Tensor:
+def _pair_loss(model, tokenizer, pair) -> torch.Tensor:
     """One pair's LP-DPO loss at reference = policy (the scored loss)."""
-    encoded = encode_pair(tokenizer, pair, max_length)
-    logps = []
-    for ids, mask in (
-        (encoded.chosen_input_ids, encoded.chosen_response_mask),
-        (encoded.rejected_input_ids, encoded.rejected_response_mask),
-    ):
-        logits = model(input_ids=ids[None], use_cache=False).logits
-        logps.append(sequence_logps(logits, ids[None], mask[None]))
-    chosen, rejected = logps
-    lengths = torch.tensor([encoded.chosen_length]), torch.tensor([encoded.rejected_length])
-    return lp_dpo_loss(
-        chosen, rejected, chosen.detach(), rejected.detach(), *lengths, beta=0.1, alpha=0.01
-    ).sum()
+    return pair_loss(model, tokenizer, pair, beta=0.1, alpha=0.01, max_length=64)[0]
 
 
 def test_config_defaults_and_validation():

@@ -104,24 +104,13 @@ def test_missing_peft_is_a_clear_error_before_any_work(tmp_path, monkeypatch, ca
 
 @pytest.mark.slow
 def test_standalone_filter_scores_over_a_fresh_adapter(tmp_path):
-    from congrad.artifacts import write_jsonl
     from congrad.lora import attach_adapter
     from congrad.testing import tiny_causal_lm
 
-    from .conftest import make_pairs
+    from .conftest import make_pairs, write_preference_file
 
     pairs = make_pairs(9)
-    rows = [
-        {
-            "id": p.pair_id,
-            "lang": p.lang,
-            "prompt": p.prompt,
-            "chosen": p.chosen,
-            "rejected": p.rejected,
-        }
-        for p in pairs
-    ]
-    write_jsonl(tmp_path / "prefs.jsonl", rows)
+    write_preference_file(tmp_path / "prefs.jsonl", pairs)
     out = tmp_path / "selected"
     args = ["filter", "--dataset", str(tmp_path / "prefs.jsonl"), "--output", str(out), "--quiet"]
     overrides = ["model.name_or_path=tiny-random", "ema.rank=4", "train.batch_size=2", *LORA[:2]]

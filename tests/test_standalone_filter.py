@@ -4,27 +4,17 @@ from __future__ import annotations
 
 import math
 
-from congrad.artifacts import read_jsonl, read_manifest, write_jsonl
+from congrad.artifacts import read_jsonl, read_manifest
 from congrad.cli import main
 from congrad.gradient_ema import GradientEMA
 from congrad.testing import tiny_causal_lm
 
-from .conftest import make_pairs
+from .conftest import make_pairs, write_preference_file
 
 
 def test_filter_an_external_dataset(tmp_path, capsys):
     pairs = make_pairs(9)
-    rows = [
-        {
-            "id": p.pair_id,
-            "lang": p.lang,
-            "prompt": p.prompt,
-            "chosen": p.chosen,
-            "rejected": p.rejected,
-        }
-        for p in pairs
-    ]
-    write_jsonl(tmp_path / "prefs.jsonl", rows)
+    write_preference_file(tmp_path / "prefs.jsonl", pairs)
     out = tmp_path / "selected"
     args = ["filter", "--dataset", str(tmp_path / "prefs.jsonl"), "--output", str(out), "--quiet"]
     overrides = ["model.name_or_path=tiny-random", "ema.rank=4", "train.batch_size=2"]

@@ -68,19 +68,17 @@ def flat_consensus(ema: GradientEMA, orders: Sequence[Sequence[int]] | None = No
     return flat_pcgrad(vectors, orders)
 
 
-def per_pair_gradient(
+def pair_loss(
     model: nn.Module,
     tokenizer: Any,
     pair: PreferencePair,
-    names: Sequence[str],
     *,
     beta: float,
     alpha: float,
     max_length: int,
-) -> tuple[torch.Tensor, float, float]:
-    """Flattened gradient of one pair's LP-DPO loss (reference = current weights) over
-    the weights ``names``, and the pair's chosen/rejected summed log-probs."""
-    parameters = dict(model.named_parameters())
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One pair's LP-DPO loss with reference = the current weights (the loss the filter
+    scores), from two separate unpadded forwards; and its chosen/rejected summed log-probs."""
     encoded = encode_pair(tokenizer, pair, max_length)
     logps = []
     for ids, mask in (
@@ -100,9 +98,28 @@ def per_pair_gradient(
         beta=beta,
         alpha=alpha,
     ).sum()
+    return loss, chosen.detach(), rejected.detach()
+
+
+def per_pair_gradient(
+    model: nn.Module,
+    tokenizer: Any,
+    pair: PreferencePair,
+    names: Sequence[str],
+    *,
+    beta: float,
+    alpha: float,
+    max_length: int,
+) -> tuple[torch.Tensor, float, float]:
+    """Flattened gradient of one pair's LP-DPO loss (reference = current weights) over
+    the weights ``names``, and the pair's chosen/rejected summed log-probs."""
+    parameters = dict(model.named_parameters())
+    loss, chosen, rejected = pair_loss(
+        model, tokenizer, pair, beta=beta, alpha=alpha, max_length=max_length
+    )
     grads = torch.autograd.grad(loss, [parameters[name] for name in names])
     flat = torch.cat([g.double().flatten() for g in grads])
-    return flat, float(chosen.detach()), float(rejected.detach())
+    return flat, float(chosen), float(rejected)
 
 
 def per_pair_scores(
