@@ -40,6 +40,21 @@ def test_import_is_light():
     assert out.stdout.strip() == "False"
 
 
+def test_plan_reads_config_json_without_loading_torch(tmp_path):
+    # Every command imports congrad.errors (its user errors); none of those may pull torch.
+    (tmp_path / "config.json").write_text(
+        '{"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, '
+        '"num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512}'
+    )
+    code = (
+        "import sys; from congrad.cli import main; "
+        f"code = main(['plan', '--model', {str(tmp_path)!r}]); "
+        "print(code, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "0 False"
+
+
 def test_cli_help_and_version():
     from congrad.cli import main
 

@@ -19,6 +19,11 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message says which key and what to do."""
 
 
+class LoRAError(RuntimeError):
+    """LoRA is configured but cannot be applied (peft missing, target modules absent);
+    the message says what to change."""
+
+
 class Section(BaseModel):
     """A config section: unknown keys refused, values frozen, fields documented by the
     docstring under each (``use_attribute_docstrings``)."""

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from congrad.artifacts import ArtifactError
 from congrad.config import ConfigError
+from congrad.config_base import LoRAError
 from congrad.judges import JudgeSetupError, JudgeUnavailable
 from congrad.loop import StageFailed, StageNotReady
-from congrad.lora import LoRAError
 from congrad.modeling import ModelLoadError
 from congrad.offline_models import OfflineModelError
 from congrad.planning import PlanError

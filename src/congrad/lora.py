@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from congrad.config import LoRAConfig
+from congrad.config_base import LoRAError  # torch-free, for congrad.errors
 from congrad.lowrank import stable_seed
 
 ADAPTER = "default"
@@ -55,11 +56,6 @@ ADAPTER = "default"
 LORA_INCLUDE = [f"*.lora_A.{ADAPTER}.weight", f"*.lora_B.{ADAPTER}.weight"]
 _LORA_LINEAR = re.compile(rf"\.lora_([AB])\.{ADAPTER}$")
 _PEFT_PREFIX = "base_model.model."
-
-
-class LoRAError(RuntimeError):
-    """LoRA is configured but cannot be applied (peft missing, target modules absent);
-    the message says what to change."""
 
 
 _MISSING_PEFT = (
