@@ -1,5 +1,6 @@
 """The building blocks of congrad's typed config (:mod:`congrad.config`), shared by its
-section modules: the error type, the strict frozen section base, and the validators of
+section modules: the error types (a bad config; a LoRA setting that cannot be applied), the
+strict frozen section base, and the validators of
 language lists and of free-form plain data.
 
 In: field values. Out: ``ValueError`` messages that pydantic turns into a
