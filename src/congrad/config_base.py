@@ -1,7 +1,6 @@
 """The building blocks of congrad's typed config (:mod:`congrad.config`), shared by its
 section modules: the error types (a bad config; a LoRA setting that cannot be applied), the
-strict frozen section base, and the validators of
-language lists and of free-form plain data.
+strict frozen section base, and the validators of language lists and of free-form plain data.
 
 In: field values. Out: ``ValueError`` messages that pydantic turns into a
 :class:`ConfigError` naming the key (:func:`congrad.config.load_config`).
