@@ -1,6 +1,9 @@
-"""Shared fixtures: the tiny model, multilingual pairs and an EMA filled by real steps."""
+"""Shared fixtures: the tiny model, multilingual pairs and an EMA filled by real steps; a
+preference-file writer; the environment ``accelerate launch`` gives DeepSpeed ranks."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +89,17 @@ def filled_ema(tiny, pairs):
     ema = GradientEMA(model, rank=4, iters=3, gamma=0.9)
     fill_ema(model, tokenizer, pairs, ema)
     return ema
+
+
+def accelerate_launch_environment(path: Path) -> dict[str, str]:
+    """The ``ACCELERATE_*`` variables ``accelerate launch --config_file PATH`` gives each rank
+    of a DeepSpeed config (accelerate's own code; launching needs the GPUs themselves)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env
+
+    parser = launch_command_parser()
+    args = parser.parse_args(["--config_file", str(path), "-m", "congrad.cli", "run"])
+    args, defaults, _ = _validate_launch_command(args)
+    args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+    _, env = prepare_deepspeed_cmd_env(args)
+    return {key: value for key, value in env.items() if key.startswith("ACCELERATE_")}

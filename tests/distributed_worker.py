@@ -54,8 +54,9 @@ def main(out: Path, batch_size: int, accumulation: int, fsdp: bool, lora: bool) 
     )
     ema_config = EMAConfig(rank=4, iters=3, gamma=0.9)
     result, ema = train_round(model, tokenizer, pairs, train=train, ema=ema_config, seed=3)
-    if fsdp:  # the loop scores with the whole model reloaded from its folder
-        weights = distributed.full_state_dict(model)
+    gathered = fsdp or result.weights is not None  # FSDP2, or DeepSpeed ZeRO
+    if gathered:  # the loop scores with the whole model reloaded from its folder
+        weights = distributed.full_state_dict(model) if fsdp else result.weights
         scores = []
     else:
         weights = {name: p.detach().contiguous() for name, p in model.named_parameters()}
@@ -66,7 +67,7 @@ def main(out: Path, batch_size: int, accumulation: int, fsdp: bool, lora: bool) 
     me = distributed.rank()
     ema.save(out / f"ema.{me}.safetensors")
     if distributed.is_main():
-        if fsdp:  # as the train stage saves M_t: the sharded model with the gathered weights
+        if gathered:  # as the train stage saves M_t: the engine's model, the gathered weights
             from congrad.train import save_round_model
 
             save_round_model(model, tokenizer, out / "model", state_dict=weights)
@@ -74,6 +75,7 @@ def main(out: Path, batch_size: int, accumulation: int, fsdp: bool, lora: bool) 
         save_file(weights, str(out / "weights.safetensors"))
         report = {
             "world_size": distributed.world_size(),
+            "deepspeed": result.weights is not None,
             "log": [asdict(row) for row in result.log],
             "lang_mean_loss": result.lang_mean_loss,
             "scores": [s.to_dict() for s in scores],

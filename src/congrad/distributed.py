@@ -31,6 +31,8 @@ from typing import Any, TypeVar, cast
 
 import torch
 
+from congrad import zero
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -46,15 +48,20 @@ def launched() -> bool:
 
 
 def use_cpu() -> bool:
-    """accelerate must be told to use CPU processes (gloo) when there is no GPU."""
-    return not torch.cuda.is_available()
+    """accelerate must be told to use CPU processes (gloo) when there is no GPU. Except
+    under DeepSpeed (:mod:`congrad.zero`): accelerate only picks DeepSpeed for a run not
+    marked CPU, so a GPU-less DeepSpeed run (the CPU tests) names gloo instead."""
+    return not torch.cuda.is_available() and not zero.requested()
 
 
 def _state() -> Any:
     from accelerate import PartialState
 
     seconds = float(os.environ.get(TIMEOUT_ENV, 4 * 3600))
-    return PartialState(cpu=use_cpu(), timeout=timedelta(seconds=seconds))
+    options: dict[str, Any] = {"timeout": timedelta(seconds=seconds)}
+    if zero.requested() and not torch.cuda.is_available():
+        options["backend"] = "gloo"
+    return PartialState(cpu=use_cpu(), **options)
 
 
 def world_size() -> int:
@@ -170,7 +177,9 @@ def is_sharded(model: torch.nn.Module) -> bool:
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The whole (unsharded) state dict of an FSDP2-sharded ``model``, on the CPU of the
-    main process (other ranks get an empty dict). Collective: every rank must call it."""
+    main process (other ranks get an empty dict). Collective: every rank must call it.
+    (DeepSpeed's weights are gathered by :func:`congrad.train.train_round` itself, before
+    its engine lets go of them: :func:`congrad.zero.full_state_dict`.)"""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)

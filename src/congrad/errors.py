@@ -17,6 +17,7 @@ from congrad.offline_models import OfflineModelError
 from congrad.planning import PlanError
 from congrad.tables import DataError
 from congrad.vllm_engine import VLLMUnavailable
+from congrad.zero import ZeroConfigError
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     ArtifactError,
@@ -32,4 +33,5 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     PlanError,
     FileNotFoundError,
     VLLMUnavailable,
+    ZeroConfigError,
 )

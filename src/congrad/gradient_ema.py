@@ -18,6 +18,8 @@ one matrix of transient memory and an all-gather per matrix per minibatch (about
 traffic of a DDP all-reduce). The alternative, compressing per shard (row shards of ``G x``
 are local; ``G^T y`` and the QR need an ``n x r`` all-reduce and a TSQR), would send ~m/r
 times less but changes the floating-point path; we chose the exact, simple one.
+DeepSpeed ZeRO 2/3 keeps gradients in its own partitions (``.grad`` is empty): the trainer
+passes :func:`congrad.zero.full_grad` as the reader, gathered the same way, one at a time.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import copy
 import fnmatch
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -154,23 +156,34 @@ class GradientEMA:
         }
 
     @torch.no_grad()
-    def update(self, lang: str) -> None:
-        """Fold the tracked parameters' current ``.grad`` into language ``lang``'s EMA.
+    def update(
+        self, lang: str, read: Callable[[torch.Tensor], torch.Tensor | None] | None = None
+    ) -> None:
+        """Fold the tracked parameters' current gradients into language ``lang``'s EMA.
 
-        A tracked weight without a gradient counts as a zero gradient; all of them
-        without one is an error (``backward`` was not called).
+        ``read``: a tracked weight's whole gradient, by default its ``.grad`` (an FSDP2 shard
+        gathered); DeepSpeed's partitioned gradients are read by :func:`congrad.zero.full_grad`.
+        Each matrix is read, folded in and dropped before the next is read, so a gathered
+        gradient costs one matrix of transient memory. A tracked weight without a gradient
+        counts as a zero gradient; all of them without one is an error (``backward`` was not
+        called; with ``read`` this is only known at the end, and the round is lost anyway).
         """
         if not lang or "|" in lang:
             raise ValueError(f"language code must be non-empty without '|', got {lang!r}")
-        grads = {name: _whole(module.weight.grad) for name, module in self._modules.items()}
-        if all(g is None for g in grads.values()):
+        weights = {name: module.weight for name, module in self._modules.items()}
+        if read is None and all(weight.grad is None for weight in weights.values()):
             raise RuntimeError(
                 "GradientEMA.update: no tracked parameter has a .grad; call backward first"
             )
         emas = self._emas.get(lang) or self._new_language(lang)
-        for name, ema in emas.items():
-            grad = grads[name]
+        seen = False
+        for name, ema in emas.items():  # in the same order on every rank (collectives)
+            grad = _whole(weights[name].grad) if read is None else read(weights[name])
+            seen = seen or grad is not None
             ema.update(grad if grad is not None else torch.zeros(self.shapes[name]))
+            del grad
+        if not seen:
+            raise RuntimeError("GradientEMA.update: no tracked parameter has a gradient")
         self._emas[lang] = emas
 
     def gram(self) -> torch.Tensor:

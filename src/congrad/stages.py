@@ -264,9 +264,10 @@ def run_train(runner: Runner, round_index: int) -> dict[str, Any]:
         schedule=schedule,
         progress=runner.progress,
     )
-    state_dict = None
+    state_dict = result.weights  # DeepSpeed: gathered from its partitions (congrad.zero)
     if distributed.is_sharded(model):  # FSDP2: gather the weights; the shards are dropped
         state_dict = distributed.full_state_dict(model)
+    if state_dict is not None:
         runner.release_model()  # later stages reload M_t whole from its folder
     else:
         model = merge_adapter(model)  # LoRA: M_t = M_{t-1} + (alpha/r) B A, on EVERY rank

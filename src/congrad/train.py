@@ -36,8 +36,16 @@ all-reduce); the EMA gathers each tracked gradient whole, one matrix at a time
 (:mod:`congrad.gradient_ema`); the reference forwards run in lockstep, since a sharded
 forward communicates. The trained model stays sharded: the caller gathers its state dict
 with :func:`congrad.distributed.full_state_dict` to save it. FSDP version 1 (flat
-parameters: no per-matrix ``.grad``) and DeepSpeed (which owns backward, accumulation and
-the gradient partitions) are refused by :func:`_check_gradients_whole`.
+parameters: no per-matrix ``.grad``) is refused by :func:`_uses_deepspeed`.
+
+DeepSpeed ZeRO 2/3 (:mod:`congrad.zero`): ``accelerator.prepare`` returns a DeepSpeedEngine,
+which owns backward, clipping and the step; the same slicing and weighting (its gradient
+reduction averages over the ranks like DDP's). The reference log-probs are taken before the
+engine casts and partitions the model; each minibatch is one ``engine.backward``, the EMA
+reads each tracked matrix's whole gradient from the partitions, then ``engine.step()``. A
+window is one minibatch (``train.gradient_accumulation_steps`` must be 1, checked by
+:func:`congrad.zero.configure`). The trained fp32 weights are gathered into
+``TrainResult.weights`` before the engine is released: the caller saves those.
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +65,7 @@ from rich.progress import track
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from congrad import distributed
+from congrad import distributed, zero
 from congrad.atomic import remove_stale_temporaries
 from congrad.checkpointing import enable_gradient_checkpointing
 from congrad.config import EMAConfig, TrainConfig
@@ -88,13 +96,17 @@ class StepLog:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """``steps`` optimizer steps; the mean losses are over pairs, overall and per language."""
+    """``steps`` optimizer steps; the mean losses are over pairs, overall and per language.
+    ``weights``: under DeepSpeed, the trained weights gathered whole from its partitions
+    before its engine let go of them (:func:`congrad.zero.full_state_dict`; on the main
+    process's CPU, empty on the others): save these, not the model's own. Otherwise None."""
 
     steps: int
     log: tuple[StepLog, ...]
     mean_loss: float
     seconds: float
     lang_mean_loss: dict[str, float]
+    weights: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
 
 def language_schedule(
@@ -220,21 +232,20 @@ def _step_log(step: int, lang: str, rows: list[tuple[float, float, float]], lr: 
     )
 
 
-def _check_gradients_whole(accelerator: Accelerator) -> None:
-    """The EMA needs each tracked matrix's gradient per minibatch. DDP holds it whole and
-    FSDP2 as a ``DTensor`` shard the EMA can gather; FSDP1's flat parameters and DeepSpeed's
-    partitions hide it, so they are refused, saying what to use instead."""
+def _uses_deepspeed(accelerator: Accelerator) -> bool:
+    """Whether the launcher asked for DeepSpeed ZeRO (:mod:`congrad.zero`). The EMA needs each
+    tracked matrix's whole gradient per minibatch: DDP holds it, FSDP2 holds a ``DTensor``
+    shard the EMA gathers, DeepSpeed a partition :func:`congrad.zero.full_grad` gathers.
+    FSDP1's flat parameters hide it, so FSDP1 is refused, saying what to use instead."""
     kind = str(accelerator.distributed_type)
     plugin = getattr(accelerator.state, "fsdp_plugin", None)
-    if "FSDP" in kind and getattr(plugin, "fsdp_version", 1) == 2:
-        return
-    if "FSDP" in kind or "DEEPSPEED" in kind:
+    if "FSDP" in kind and getattr(plugin, "fsdp_version", 1) != 2:
         raise NotImplementedError(
-            f"train_round supports DDP and FSDP version 2, not {kind}"
-            + (" version 1" if "FSDP" in kind else "")
-            + ": the gradient EMA must read each tracked matrix's gradient of every "
-            "minibatch. Use configs/accelerate/fsdp2-*.yaml or ddp-*.yaml, or LoRA to fit."
+            f"train_round supports DDP, FSDP version 2 and DeepSpeed ZeRO 2/3, not {kind} "
+            "version 1: the gradient EMA must read each tracked matrix's gradient of every "
+            "minibatch. Use configs/accelerate/fsdp2-*.yaml, zero*-*.yaml or ddp-*.yaml."
         )
+    return "DEEPSPEED" in kind
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -273,7 +284,9 @@ def train_round(
     started = time.perf_counter()
     world, me = distributed.world_size(), distributed.rank()  # sets up the process group
     accelerator = Accelerator(cpu=distributed.use_cpu(), mixed_precision=train.mixed_precision)
-    _check_gradients_whole(accelerator)
+    deepspeed = _uses_deepspeed(accelerator)
+    if deepspeed:
+        zero.load_models_whole()  # the plugin just told transformers to partition loads
     if schedule is None:
         schedule = language_schedule(pairs, train.batch_size, seed)
     for planned in schedule:
@@ -282,6 +295,19 @@ def train_round(
     accumulation = train.gradient_accumulation_steps
     total_steps = math.ceil(len(schedule) / accumulation)
     warmup = math.ceil(train.warmup_ratio * total_steps)
+
+    def references(lockstep: bool) -> dict[str, tuple[float, float]]:
+        return reference_logps(  # the bare model: ranks run different numbers of forwards
+            model,
+            tokenizer,
+            pairs,
+            batch_size=train.batch_size,
+            max_length=train.max_length,
+            lockstep=lockstep,
+        )
+
+    if ref_logps is None and deepspeed:  # before DeepSpeed casts and partitions the weights
+        ref_logps = references(lockstep=False)
     parameters = [p for p in model.parameters() if p.requires_grad]
     groups = [  # no weight decay on norms and biases
         {"params": [p for p in parameters if p.ndim >= 2], "weight_decay": train.weight_decay},
@@ -289,12 +315,23 @@ def train_round(
     ]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=train.learning_rate)
     scheduler = LambdaLR(optimizer, lambda step: _lr_factor(step, total_steps, warmup))
-    if distributed.is_sharded(model):  # sharded by the caller (fully_shard): no DDP wrapper
+    # Built on the whole model (ZeRO-3 leaves empty placeholders in the modules' weights)
+    gradient_ema = GradientEMA(
+        model, rank=ema.rank, iters=ema.iters, gamma=ema.gamma, include=ema.include, seed=seed
+    )
+    if deepspeed:  # a DeepSpeedEngine: it owns backward, clipping, the step and the partitions
+        if has_adapter(model):
+            raise NotImplementedError(
+                "LoRA with DeepSpeed is not supported: use LoRA with DDP (configs/accelerate/"
+                "ddp-*.yaml; the adapter's gradients are small) or DeepSpeed without LoRA."
+            )
+        zero.configure(accelerator.state.deepspeed_plugin.deepspeed_config, train, world)
+        prepared, optimizer = accelerator.prepare(model, optimizer)
+    elif distributed.is_sharded(model):  # sharded by the caller (fully_shard): no DDP wrapper
         prepared, optimizer = model, accelerator.prepare(optimizer)
     else:
         prepared, optimizer = accelerator.prepare(model, optimizer)
-    sharded = distributed.is_sharded(model)  # also after accelerate's FSDP2 preparation
-    if sharded:  # fully_shard put DTensor parameters in the modules' place
+    if distributed.is_sharded(model):  # fully_shard put DTensor parameters in the modules' place
         if has_adapter(model):
             raise NotImplementedError(
                 "LoRA with FSDP is not supported: the adapter could not be merged into sharded "
@@ -305,18 +342,11 @@ def train_round(
     rows: list[StepLog] = []
     pair_losses: dict[str, list[float]] = {}
     try:
-        if ref_logps is None:  # the bare model: ranks run different numbers of forwards
-            ref_logps = reference_logps(
-                model,
-                tokenizer,
-                pairs,
-                batch_size=train.batch_size,
-                max_length=train.max_length,
-                lockstep=sharded,
-            )
-        gradient_ema = GradientEMA(
-            model, rank=ema.rank, iters=ema.iters, gamma=ema.gamma, include=ema.include, seed=seed
-        )
+        # Not earlier: after a forward FSDP2 leaves the ROOT module's parameters unsharded
+        # (plain tensors swapped in until the next backward), so the parameter lists above
+        # must be taken before any forward, or they would name the wrong tensors.
+        if ref_logps is None:
+            ref_logps = references(lockstep=distributed.is_sharded(model))
         encoded = [encode_pair(tokenizer, pair, train.max_length) for pair in pairs]
         model.zero_grad(set_to_none=True)
         model.train()
@@ -339,20 +369,29 @@ def train_round(
                 pair_rows = [row for part in gathered for row in part]  # in schedule order
                 if not all(math.isfinite(r[0]) for r in pair_rows):  # the same on every rank
                     raise FloatingPointError(f"non-finite loss in step {step} ({lang})")
-                accelerator.backward(losses.sum() * weight)
-                scale = float(accelerator.scaler.get_scale()) if accelerator.scaler else 1.0
-                if _unscale(parameters, scale):  # an fp16 overflow stays out of the EMA
-                    gradient_ema.update(lang)  # .grad: exactly this minibatch's gradient
-                _accumulate(parameters, running, len(window))
+                if deepspeed:  # a window is one minibatch (congrad.zero.configure)
+                    prepared.backward(losses.sum() * weight)
+                    gradient_ema.update(lang, read=zero.full_grad)
+                else:
+                    accelerator.backward(losses.sum() * weight)
+                    scale = float(accelerator.scaler.get_scale()) if accelerator.scaler else 1.0
+                    if _unscale(parameters, scale):  # an fp16 overflow stays out of the EMA
+                        gradient_ema.update(lang)  # .grad: exactly this minibatch's gradient
+                    _accumulate(parameters, running, len(window))
                 pair_losses.setdefault(lang, []).extend(r[0] for r in pair_rows)
                 rows.append(_step_log(step, lang, pair_rows, lr))
-            for parameter, grad in zip(parameters, running, strict=True):
-                parameter.grad = grad if grad is None or scale == 1.0 else grad.mul_(scale)
-            grad_norm = float(accelerator.clip_grad_norm_(parameters, train.max_grad_norm))
-            optimizer.step()
+            if deepspeed:
+                prepared.step()  # clips to train.max_grad_norm, steps, zeroes the partitions
+                grad_norm = float(prepared.get_global_grad_norm())
+            else:
+                for parameter, grad in zip(parameters, running, strict=True):
+                    parameter.grad = grad if grad is None or scale == 1.0 else grad.mul_(scale)
+                grad_norm = float(accelerator.clip_grad_norm_(parameters, train.max_grad_norm))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             rows[-len(window) :] = [replace(r, grad_norm=grad_norm) for r in rows[-len(window) :]]
+        weights = zero.full_state_dict(model) if deepspeed else None  # while the engine lives
     finally:
         undo_checkpointing()
         model.zero_grad(set_to_none=True)
@@ -363,7 +402,8 @@ def train_round(
     every_loss = [value for values in pair_losses.values() for value in values]
     mean_loss = math.fsum(every_loss) / len(every_loss)
     lang_mean_loss = {lang: math.fsum(v) / len(v) for lang, v in sorted(pair_losses.items())}
-    return TrainResult(total_steps, tuple(rows), mean_loss, seconds, lang_mean_loss), gradient_ema
+    result = TrainResult(total_steps, tuple(rows), mean_loss, seconds, lang_mean_loss, weights)
+    return result, gradient_ema
 
 
 def save_round_model(

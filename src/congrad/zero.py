@@ -1,0 +1,155 @@
+"""DeepSpeed ZeRO stages 2 and 3 under ``accelerate launch``, as congrad's trainer needs them.
+
+In: accelerate's DeepSpeed plugin (``accelerate launch`` with a ``deepspeed_config``, which
+sets ``ACCELERATE_USE_DEEPSPEED``) and congrad's ``TrainConfig``. Out: the plugin's
+DeepSpeed config filled in for congrad's own training loop (:func:`configure`, which refuses
+what the loop cannot honour), each tracked matrix's whole gradient of the last minibatch
+(:func:`full_grad`), and the trained weights gathered whole (:func:`full_state_dict`).
+
+Why ZeRO needs its own path: after ``engine.backward`` DeepSpeed has reduced each gradient
+into the partitions it owns (stage 2: gradients and optimizer state partitioned; stage 3:
+the weights too) and ``param.grad`` is empty. The EMA reads the whole averaged gradient
+through DeepSpeed's public ``safe_get_full_grad``, ONE matrix at a time, before
+``engine.step()`` clips and applies it: the exact gradient a DDP run's EMA sees, for one
+matrix of transient memory and a gather per matrix per minibatch (like FSDP2,
+:mod:`congrad.gradient_ema`).
+
+What congrad's loop fixes in the DeepSpeed config (:func:`configure`):
+
+* ``gradient_accumulation_steps`` is 1 and ``train.gradient_accumulation_steps`` must be
+  1: DeepSpeed sums a window's gradients into its partitions, and the per-minibatch
+  gradient the EMA needs is no longer there to read. Raise ``train.batch_size`` (the
+  global minibatch, spread over the ranks) instead.
+* ``gradient_clipping`` is ``train.max_grad_norm`` (DeepSpeed clips inside ``step``).
+* the batch sizes are bookkeeping for DeepSpeed only (congrad cuts the minibatches itself):
+  ``ceil(train.batch_size / W)`` per rank.
+* the optimizer is congrad's AdamW and the schedule congrad's (no ``optimizer`` or
+  ``scheduler`` section); precision is ``train.mixed_precision`` (bf16 keeps fp32 master
+  weights in the optimizer; fp16's dynamic loss scale is refused).
+
+The trained weights saved as ``M_t`` are DeepSpeed's fp32 master copies, gathered one matrix
+at a time (``safe_get_full_fp32_param``), so bf16 training saves what a DDP run saves.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import TYPE_CHECKING, Any, cast
+
+from congrad.config import TrainConfig
+
+if TYPE_CHECKING:  # importing this module stays torch-free (congrad.errors imports it)
+    import torch
+    from torch import nn
+
+ENV = "ACCELERATE_USE_DEEPSPEED"
+
+
+class ZeroConfigError(ValueError):
+    """The DeepSpeed config asks for something congrad's training loop cannot honour."""
+
+
+def requested() -> bool:
+    """Whether the launcher asked for DeepSpeed (``accelerate launch`` with a DeepSpeed
+    config sets ``ACCELERATE_USE_DEEPSPEED=true`` on every rank)."""
+    return os.environ.get(ENV, "false").lower() == "true"
+
+
+def _is_auto(value: Any) -> bool:
+    return value is None or value == "auto"
+
+
+def configure(ds_config: dict[str, Any], train: TrainConfig, world: int) -> None:
+    """Fill ``ds_config`` (the plugin's ``deepspeed_config``, edited in place before
+    ``accelerator.prepare``) for congrad's loop; raise :class:`ZeroConfigError` naming the
+    setting when it asks for something the loop cannot do (module docstring)."""
+    stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
+    if stage not in (2, 3):
+        raise ZeroConfigError(
+            f"DeepSpeed zero_optimization.stage={stage} is not supported: use stage 2 or 3 "
+            "(configs/accelerate/zero*-8gpu.yaml), or plain DDP (ddp-*.yaml) for stage 0/1."
+        )
+    if train.gradient_accumulation_steps != 1:
+        raise ZeroConfigError(
+            f"train.gradient_accumulation_steps={train.gradient_accumulation_steps} with "
+            "DeepSpeed: DeepSpeed sums an accumulation window's gradients into its "
+            "partitions, so the gradient EMA could not read each minibatch's gradient. Set it "
+            "to 1 and raise train.batch_size (the global minibatch, spread over the ranks), or "
+            "use FSDP version 2 (configs/accelerate/fsdp2-*.yaml), which accumulates exactly."
+        )
+    accumulation = ds_config.get("gradient_accumulation_steps", "auto")
+    if not _is_auto(accumulation) and int(accumulation) != 1:
+        raise ZeroConfigError(
+            f"DeepSpeed gradient_accumulation_steps={accumulation}: leave it 'auto' (or 1); "
+            "congrad's train.gradient_accumulation_steps decides."
+        )
+    for section in ("optimizer", "scheduler"):
+        if section in ds_config:
+            raise ZeroConfigError(
+                f"the DeepSpeed config has a '{section}' section: remove it; congrad trains "
+                "with its own AdamW and schedule (train.learning_rate, train.warmup_ratio)."
+            )
+    if ds_config.get("fp16", {}).get("enabled") in (True, "true"):
+        raise ZeroConfigError(
+            "DeepSpeed fp16 is not supported (its dynamic loss scale would reach the gradient "
+            "EMA): use train.mixed_precision=bf16, or 'no'."
+        )
+    clipping = ds_config.get("gradient_clipping", "auto")
+    if not _is_auto(clipping) and float(clipping) != train.max_grad_norm:
+        raise ZeroConfigError(
+            f"DeepSpeed gradient_clipping={clipping} but train.max_grad_norm="
+            f"{train.max_grad_norm}: leave it 'auto'; congrad's setting decides."
+        )
+    per_rank = math.ceil(train.batch_size / world)
+    ds_config.update(
+        gradient_accumulation_steps=1,
+        gradient_clipping=train.max_grad_norm,
+        train_micro_batch_size_per_gpu=per_rank,
+        train_batch_size=per_rank * world,
+    )
+
+
+def load_models_whole() -> None:
+    """Keep later ``from_pretrained`` calls plain. accelerate's DeepSpeed plugin registers
+    its config with transformers, which then loads every model partitioned (``zero.Init``)
+    and generates with ``synced_gpus`` under stage 3; congrad's other stages load the round's
+    model whole on each rank and spread their work unevenly. Call after each Accelerator."""
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+
+
+def full_grad(parameter: torch.Tensor) -> torch.Tensor | None:
+    """The whole gradient of ``parameter`` averaged over the ranks, after
+    ``engine.backward`` and before ``engine.step``. Collective under stage 3 (and a
+    reduction under stage 2): every rank calls it for the same parameters in the same
+    order."""
+    from deepspeed.utils import safe_get_full_grad
+
+    return cast("torch.Tensor | None", safe_get_full_grad(parameter))
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole trained weights on the CPU of the main process (other ranks get an empty
+    dict): each parameter's fp32 master copy, gathered from the optimizer's partitions one
+    at a time, and the persistent buffers (never partitioned). Collective: every rank calls
+    it after the last ``engine.step()``, while the engine still holds the partitions."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    from congrad import distributed
+
+    keep = distributed.is_main()
+    state: dict[str, torch.Tensor] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        whole = safe_get_full_fp32_param(parameter)
+        if whole is None:  # congrad trains every weight under DeepSpeed (no LoRA, no freezing)
+            raise RuntimeError(f"DeepSpeed holds no fp32 master for {name!r}: is it frozen?")
+        if keep:
+            state[name] = whole.detach().to("cpu", copy=True)
+    if keep:
+        parameter_names = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+        for name, value in model.state_dict().items():
+            if name not in parameter_names:
+                state[name] = value.detach().to("cpu", copy=True)
+    return state

@@ -1,0 +1,73 @@
+"""congrad.zero fills a DeepSpeed config for congrad's own training loop and refuses, by
+name, what that loop cannot honour. (Training itself under ZeRO 2 and 3 is compared with a
+single process in test_distributed.py.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from congrad import zero
+from congrad.config import TrainConfig
+from congrad.errors import USER_ERRORS
+
+
+def _accelerate_defaults(stage: int) -> dict:
+    """What accelerate's DeepSpeed plugin builds from ``accelerate launch`` settings."""
+    return {
+        "train_batch_size": "auto",
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": stage},
+        "gradient_clipping": "auto",
+        "fp16": {"enabled": False},
+        "bf16": {"enabled": False},
+    }
+
+
+@pytest.mark.parametrize(("batch", "world", "per_rank"), [(16, 8, 2), (16, 16, 1), (16, 3, 6)])
+def test_the_loop_owns_accumulation_clipping_and_the_batch_bookkeeping(batch, world, per_rank):
+    config = _accelerate_defaults(3)
+    zero.configure(config, TrainConfig(batch_size=batch, max_grad_norm=0.5), world)
+    assert config["gradient_accumulation_steps"] == 1
+    assert config["gradient_clipping"] == 0.5
+    assert config["train_micro_batch_size_per_gpu"] == per_rank
+    # DeepSpeed's own check: train_batch_size == micro * accumulation * world
+    assert config["train_batch_size"] == per_rank * 1 * world
+    assert config["zero_optimization"] == {"stage": 3}  # the user's choices are kept
+
+
+def test_settings_that_already_agree_with_congrad_are_accepted():
+    config = {**_accelerate_defaults(2), "gradient_clipping": 1.0}
+    zero.configure(config, TrainConfig(max_grad_norm=1.0), world=2)
+    assert config["gradient_clipping"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("change", "train", "names"),
+    [
+        ({"zero_optimization": {"stage": 1}}, {}, "zero_optimization.stage=1"),
+        ({"zero_optimization": {}}, {}, "zero_optimization.stage=0"),
+        ({}, {"gradient_accumulation_steps": 2}, "train.gradient_accumulation_steps=2"),
+        ({"gradient_accumulation_steps": 4}, {}, "DeepSpeed gradient_accumulation_steps=4"),
+        ({"optimizer": {"type": "AdamW"}}, {}, "'optimizer' section"),
+        ({"scheduler": {"type": "WarmupLR"}}, {}, "'scheduler' section"),
+        ({"fp16": {"enabled": True}}, {}, "DeepSpeed fp16"),
+        ({"gradient_clipping": 5.0}, {}, "gradient_clipping=5.0 but train.max_grad_norm=1.0"),
+    ],
+)
+def test_what_the_loop_cannot_honour_is_refused_by_name(change, train, names):
+    config = {**_accelerate_defaults(2), **change}
+    before = dict(config)
+    with pytest.raises(zero.ZeroConfigError, match=names.replace("(", r"\(")) as refused:
+        zero.configure(config, TrainConfig(**train), world=2)
+    assert config == before  # nothing half-filled
+    assert isinstance(refused.value, USER_ERRORS)  # the CLI prints it as one line, exit 2
+
+
+def test_deepspeed_is_requested_by_the_launchers_environment(monkeypatch):
+    monkeypatch.delenv(zero.ENV, raising=False)
+    assert not zero.requested()
+    monkeypatch.setenv(zero.ENV, "True")
+    assert zero.requested()
+    monkeypatch.setenv(zero.ENV, "false")
+    assert not zero.requested()
