@@ -192,3 +192,42 @@ def test_smollm2_needs_fetch_model(tmp_path, monkeypatch):
     cached.mkdir(parents=True)
     (cached / "config.json").write_text(json.dumps(TINY))
     assert read_model_config("smollm2") == (TINY, str(cached / "config.json"))
+
+
+def test_per_gpu_shares_by_hand():
+    from congrad.cluster_plan import per_gpu_bytes
+
+    plan = memory_plan(TINY, rank=2, languages=3, batch_size=4, max_length=8, dtype_bytes=2)
+    weights, grads, adam, masters, ema = 568, 568, 2272, 1136, 3 * 512  # test above, x 1
+    assert (plan.weights_bytes, plan.gradient_bytes, plan.ema_bytes) == (weights, grads, ema)
+    tokens = 2 * 4 * 8
+    batch = 17 * tokens * 4 * 2 + tokens * 5 * 2 * 8 + tokens * 16 * 4  # 17,920 for 4 pairs
+    half = batch // 2  # 2 GPUs: 2 of the 4 pairs each
+    gathered = 4 * 8 * 4  # the largest tracked gradient, gate (8, 4), in fp32
+    layer = 2 * 144  # one decoder layer's linear weights, 16-bit
+    rows = dict((engine, size) for engine, size, _ in per_gpu_bytes(plan, 2))
+    assert rows == {
+        "DDP": weights + grads + adam + masters + grads + half + ema,
+        "DeepSpeed ZeRO-2": weights + (grads + adam + masters) // 2 + gathered + half + ema,
+        "FSDP2 / ZeRO-3": (weights + grads + adam + masters) // 2 + layer + gathered + half + ema,
+    }
+    assert rows["DDP"] == 15_608 and rows["FSDP2 / ZeRO-3"] == 13_184
+    # one GPU, DDP: the one-device plan plus DDP's gradient buckets
+    assert per_gpu_bytes(plan, 1)[0][1] == plan.training_bytes + grads
+    # 3 GPUs: ceil(4 / 3) = 2 pairs per rank, states rounded up
+    three = dict((engine, size) for engine, size, _ in per_gpu_bytes(plan, 3))
+    assert three["FSDP2 / ZeRO-3"] == -(-4544 // 3) + layer + gathered + half + ema
+    lora = memory_plan(
+        TINY, rank=2, languages=3, batch_size=4, max_length=8, dtype_bytes=2, lora_r=1
+    )
+    assert [engine for engine, _, _ in per_gpu_bytes(lora, 2)] == ["DDP"]  # LoRA: DDP only
+    with pytest.raises(PlanError, match="--gpus must be >= 1"):
+        per_gpu_bytes(plan, 0)
+
+
+def test_cli_plan_per_gpu(tmp_path, capsys):
+    folder = _model_folder(tmp_path, LLAMA3_8B)
+    assert main(["plan", "--model", str(folder), "--gpus", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "per GPU, training on 8 GPUs (2 of 16 pairs per rank)" in out
+    assert "DeepSpeed ZeRO-2" in out and "FSDP2 / ZeRO-3" in out

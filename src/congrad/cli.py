@@ -99,7 +99,12 @@ def _plan(args: argparse.Namespace) -> int:
         lora_targets=settings.get("lora_targets", LORA_TARGETS),
         gradient_checkpointing=settings.get("gradient_checkpointing", False),
     )
-    Console(width=max(Console().width, 120)).print(plan_table(plan, source))
+    console = Console(width=max(Console().width, 120))
+    console.print(plan_table(plan, source))
+    if args.gpus is not None:
+        from congrad.cluster_plan import per_gpu_table
+
+        console.print(per_gpu_table(plan, args.gpus))
     for note in [*settings.get("notes", []), *plan_notes(plan)]:
         print(f"note: {note}")
     ema = plan.ema_bytes
@@ -402,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--batch-size", type=int, help="pairs per minibatch (default 16)")
     plan.add_argument("--max-length", type=int, help="tokens per sequence (default 1024)")
     plan.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="weights (default bf16)")
+    plan.add_argument("--gpus", type=int, help="also plan each GPU's share under DDP/ZeRO/FSDP2")
     plan.add_argument(
         "--lora-r", type=int, help="plan a LoRA adapter of this rank (default: from the config)"
     )
