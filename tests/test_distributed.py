@@ -104,7 +104,7 @@ def _selection(scores: list[dict]) -> list[bool]:
     return [row.kept for row in select_pairs(pairs, values, Strategy.MAX_CONGRAD, 0.5)]
 
 
-SHARDINGS = [(1, "ddp"), (2, "ddp"), (1, "fsdp"), (1, "lora"), (1, "zero2"), (1, "zero3")]
+SHARDINGS = [(1, "ddp"), (2, "ddp"), (1, "fsdp"), (1, "lora"), (1, "zero2"), (2, "zero3")]
 
 
 @pytest.mark.slow

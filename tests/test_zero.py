@@ -36,6 +36,13 @@ def test_the_loop_owns_accumulation_clipping_and_the_batch_bookkeeping(batch, wo
     assert config["zero_optimization"] == {"stage": 3}  # the user's choices are kept
 
 
+def test_zero3_accumulates_in_congrad_deepspeed_steps_once_per_window():
+    config = _accelerate_defaults(3)
+    zero.configure(config, TrainConfig(batch_size=8, gradient_accumulation_steps=4), world=2)
+    assert config["gradient_accumulation_steps"] == 1  # congrad holds the window aside
+    assert config["train_batch_size"] == 8
+
+
 def test_settings_that_already_agree_with_congrad_are_accepted():
     config = {**_accelerate_defaults(2), "gradient_clipping": 1.0}
     zero.configure(config, TrainConfig(max_grad_norm=1.0), world=2)
@@ -47,7 +54,7 @@ def test_settings_that_already_agree_with_congrad_are_accepted():
     [
         ({"zero_optimization": {"stage": 1}}, {}, "zero_optimization.stage=1"),
         ({"zero_optimization": {}}, {}, "zero_optimization.stage=0"),
-        ({}, {"gradient_accumulation_steps": 2}, "train.gradient_accumulation_steps=2"),
+        ({}, {"gradient_accumulation_steps": 2}, "accumulation_steps=2 with DeepSpeed ZeRO-2"),
         ({"gradient_accumulation_steps": 4}, {}, "DeepSpeed gradient_accumulation_steps=4"),
         ({"optimizer": {"type": "AdamW"}}, {}, "'optimizer' section"),
         ({"scheduler": {"type": "WarmupLR"}}, {}, "'scheduler' section"),

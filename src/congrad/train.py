@@ -42,9 +42,10 @@ DeepSpeed ZeRO 2/3 (:mod:`congrad.zero`): ``accelerator.prepare`` returns a Deep
 which owns backward, clipping and the step; the same slicing and weighting (its gradient
 reduction averages over the ranks like DDP's). The reference log-probs are taken before the
 engine casts and partitions the model; each minibatch is one ``engine.backward``, the EMA
-reads each tracked matrix's whole gradient from the partitions, then ``engine.step()``. A
-window is one minibatch (``train.gradient_accumulation_steps`` must be 1, checked by
-:func:`congrad.zero.configure`). The trained fp32 weights are gathered into
+reads each tracked matrix's whole gradient from the partitions, then ``engine.step()``.
+Accumulating (ZeRO-3 only, :func:`congrad.zero.configure`), each minibatch's gradient
+partitions are held aside and emptied after the EMA read, and their mean is put back
+before the step (:func:`congrad.zero.hold_aside`). The trained fp32 weights are gathered into
 ``TrainResult.weights`` before the engine is released: the caller saves those.
 """
 
@@ -369,9 +370,11 @@ def train_round(
                 pair_rows = [row for part in gathered for row in part]  # in schedule order
                 if not all(math.isfinite(r[0]) for r in pair_rows):  # the same on every rank
                     raise FloatingPointError(f"non-finite loss in step {step} ({lang})")
-                if deepspeed:  # a window is one minibatch (congrad.zero.configure)
+                if deepspeed:
                     prepared.backward(losses.sum() * weight)
                     gradient_ema.update(lang, read=zero.full_grad)
+                    if len(window) > 1:  # ZeRO-3 (congrad.zero.configure refuses ZeRO-2)
+                        zero.hold_aside(prepared, parameters, running, len(window))
                 else:
                     accelerator.backward(losses.sum() * weight)
                     scale = float(accelerator.scaler.get_scale()) if accelerator.scaler else 1.0
@@ -381,6 +384,8 @@ def train_round(
                 pair_losses.setdefault(lang, []).extend(r[0] for r in pair_rows)
                 rows.append(_step_log(step, lang, pair_rows, lr))
             if deepspeed:
+                if len(window) > 1:
+                    zero.give_back(parameters, running)
                 prepared.step()  # clips to train.max_grad_norm, steps, zeroes the partitions
                 grad_norm = float(prepared.get_global_grad_norm())
             else:

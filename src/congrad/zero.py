@@ -16,10 +16,13 @@ matrix of transient memory and a gather per matrix per minibatch (like FSDP2,
 
 What congrad's loop fixes in the DeepSpeed config (:func:`configure`):
 
-* ``gradient_accumulation_steps`` is 1 and ``train.gradient_accumulation_steps`` must be
-  1: DeepSpeed sums a window's gradients into its partitions, and the per-minibatch
-  gradient the EMA needs is no longer there to read. Raise ``train.batch_size`` (the
-  global minibatch, spread over the ranks) instead.
+* DeepSpeed's ``gradient_accumulation_steps`` is 1: congrad accumulates. DeepSpeed would
+  sum a window's gradients into its partitions, and the per-minibatch gradient the EMA
+  needs would no longer be there to read. Under ZeRO-3 congrad holds the window's sum aside
+  in this rank's partitions (:func:`hold_aside`: DeepSpeed's ``safe_get_local_grad``), empties
+  DeepSpeed's, and puts the sum back before the step (:func:`give_back`), exactly as the
+  DDP path holds ``.grad`` aside. ZeRO-2 has no such public access to a rank's partition,
+  so there ``train.gradient_accumulation_steps`` must be 1 (raise ``train.batch_size``).
 * ``gradient_clipping`` is ``train.max_grad_norm`` (DeepSpeed clips inside ``step``).
 * the batch sizes are bookkeeping for DeepSpeed only (congrad cuts the minibatches itself):
   ``ceil(train.batch_size / W)`` per rank.
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from congrad.config import TrainConfig
@@ -70,13 +74,14 @@ def configure(ds_config: dict[str, Any], train: TrainConfig, world: int) -> None
             f"DeepSpeed zero_optimization.stage={stage} is not supported: use stage 2 or 3 "
             "(configs/accelerate/zero*-8gpu.yaml), or plain DDP (ddp-*.yaml) for stage 0/1."
         )
-    if train.gradient_accumulation_steps != 1:
+    if train.gradient_accumulation_steps != 1 and stage != 3:
         raise ZeroConfigError(
             f"train.gradient_accumulation_steps={train.gradient_accumulation_steps} with "
-            "DeepSpeed: DeepSpeed sums an accumulation window's gradients into its "
-            "partitions, so the gradient EMA could not read each minibatch's gradient. Set it "
-            "to 1 and raise train.batch_size (the global minibatch, spread over the ranks), or "
-            "use FSDP version 2 (configs/accelerate/fsdp2-*.yaml), which accumulates exactly."
+            "DeepSpeed ZeRO-2: it sums a window's gradients into its partitions, and only "
+            "under ZeRO-3 can a rank's partition be read and set (safe_get_local_grad), which "
+            "congrad needs to read each minibatch's gradient alone. Use ZeRO-3 "
+            "(configs/accelerate/zero3-*.yaml), set it to 1 and raise train.batch_size (the "
+            "global minibatch, spread over the ranks), or use FSDP version 2."
         )
     accumulation = ds_config.get("gradient_accumulation_steps", "auto")
     if not _is_auto(accumulation) and int(accumulation) != 1:
@@ -128,6 +133,32 @@ def full_grad(parameter: torch.Tensor) -> torch.Tensor | None:
     from deepspeed.utils import safe_get_full_grad
 
     return cast("torch.Tensor | None", safe_get_full_grad(parameter))
+
+
+def hold_aside(
+    engine: Any, parameters: Sequence[torch.Tensor], running: list[Any], window: int
+) -> None:
+    """ZeRO-3, inside an accumulation window, after the EMA read this minibatch's gradient:
+    add this rank's gradient partitions divided by ``window`` (the window's minibatch count)
+    to ``running`` (one partition per parameter, ``None`` at first) and empty DeepSpeed's,
+    so the next minibatch's gradient is read alone. One extra partition of gradients."""
+    from deepspeed.utils import safe_get_local_grad
+
+    for index, parameter in enumerate(parameters):
+        local = safe_get_local_grad(parameter)
+        if local is not None:
+            share = local.detach().div(window)  # a new tensor: DeepSpeed reuses its buffer
+            running[index] = share if running[index] is None else running[index].add_(share)
+    engine.optimizer.zero_grad()
+
+
+def give_back(parameters: Sequence[torch.Tensor], running: list[Any]) -> None:
+    """Put the window's summed partitions back for ``engine.step()`` (ZeRO-3)."""
+    from deepspeed.utils import safe_set_local_grad
+
+    for parameter, grad in zip(parameters, running, strict=True):
+        if grad is not None:
+            safe_set_local_grad(parameter, grad)
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
