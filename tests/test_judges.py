@@ -395,3 +395,32 @@ def test_a_resumed_batched_judge_sees_the_uninterrupted_runs_batches(tmp_path):
     by_prompt = dict(zip(prompts, replies, strict=True))
     assert by_prompt[second[0]].raw == "cached"  # a cached reply is kept, not replaced
     assert len(VerdictCache(tmp_path / "b.jsonl")) == len(prompts)
+
+
+def test_a_local_judge_folder_is_named_by_its_weights_so_replaced_weights_get_new_verdicts(
+    tmp_path,
+):
+    import os
+
+    from congrad.eval_stages import judge_cache_name
+
+    folder = tmp_path / "judge"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(b"first weights")
+    os.utime(weights, ns=(1_000_000_000, 1_000_000_000))
+    first = judge_cache_name(str(folder))
+    assert first.startswith(f"{folder} (weights ") and first == judge_cache_name(str(folder))
+    (folder / "config.json").write_text('{"edited": true}')  # not weights: same name
+    assert judge_cache_name(str(folder)) == first
+    weights.write_bytes(b"other weights")  # a model saved again into the same folder
+    os.utime(weights, ns=(2_000_000_000, 2_000_000_000))
+    assert judge_cache_name(str(folder)) != first
+    # the cache key follows the name, so the old verdicts are not reused
+    identity = {"backend": "local", "mode": "logprob"}
+    old_key = cache_key({**identity, "name": first}, "prompt")
+    assert cache_key({**identity, "name": judge_cache_name(str(folder))}, "prompt") != old_key
+    # a hub id or a built-in name is not a path: kept as it is
+    assert judge_cache_name("Qwen/Qwen2.5-7B-Instruct") == "Qwen/Qwen2.5-7B-Instruct"
+    assert judge_cache_name("tiny-random") == "tiny-random"

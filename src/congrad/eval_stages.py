@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from congrad import distributed
-from congrad.artifacts import read_jsonl, write_jsonl
+from congrad.artifacts import fingerprint, read_jsonl, write_jsonl
 from congrad.atomic import write_text_atomic
 from congrad.config import ModelConfig, RunConfig
 from congrad.lowrank import stable_seed
@@ -300,6 +300,26 @@ def judge_cache_path(config: RunConfig) -> Path:
     return Path(cache) if cache else Path(config.output_dir) / "judge_cache.jsonl"
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+def judge_cache_name(name_or_path: str) -> str:
+    """What names a local judge's weights in its verdict cache key. A model folder (or
+    file) is named by its path AND its weight files' names, sizes and modification times,
+    so weights replaced in place (a retrained model saved to the same folder) get new
+    verdicts instead of the old ones from the cache; a hub id or built-in name as it is."""
+    path = Path(name_or_path)
+    if not path.exists():
+        return name_or_path
+    stamps = []
+    for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+        if file.suffix in WEIGHT_SUFFIXES:
+            stat = file.stat()
+            where = file.name if file == path else str(file.relative_to(path))
+            stamps.append((where, stat.st_size, stat.st_mtime_ns))
+    return f"{name_or_path} (weights {fingerprint(stamps)})"
+
+
 def pairwise_judge(runner: Runner) -> PairwiseJudge:
     """The configured judge: an OpenAI-compatible endpoint, a local model, or M_0."""
     from congrad.backends import HFBackend
@@ -320,7 +340,7 @@ def pairwise_judge(runner: Runner) -> PairwiseJudge:
         )
     if judge.backend == "self":
         model, tokenizer = runner.model_after(0)
-        name = config.model.name_or_path  # the cache key trusts it to name the weights
+        name = judge_cache_name(config.model.name_or_path)  # the cache key trusts it
         if name == "tiny-random":
             name += f" (seed {config.seed})"
     else:
@@ -333,7 +353,7 @@ def pairwise_judge(runner: Runner) -> PairwiseJudge:
             trust_remote_code=config.model.trust_remote_code,
         )
         model, tokenizer = load_model(model_config, seed=config.seed)
-        name = judge.model
+        name = judge_cache_name(judge.model)
     return LocalJudge(
         HFBackend(model, tokenizer, batch_size=judge.batch_size),
         name=name,

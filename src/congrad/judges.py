@@ -223,7 +223,8 @@ class LocalJudge:
     from the next-token distribution over the labels (:func:`read_verdict_logprobs`).
     ``batch_size`` prompts per backend call (our addition to the interface: each batch's
     replies reach ``on_reply``, and so the cache, before the next batch starts). ``name``
-    must identify the weights (model and round): the cache key trusts it.
+    must identify the weights (model and round): the cache key trusts it. For a model
+    folder, :func:`congrad.eval_stages.judge_cache_name` adds its weight files' stamps.
     """
 
     def __init__(
