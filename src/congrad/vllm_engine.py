@@ -68,25 +68,26 @@ class VLLMUnavailable(RuntimeError):
     """``generate.backend=vllm`` was asked for where vLLM cannot run."""
 
 
+def _missing(reason: str = "") -> VLLMUnavailable:
+    return VLLMUnavailable(
+        f"generate.backend=vllm needs the vllm package on a CUDA machine{reason}; "
+        "install it (pip install vllm) or use generate.backend=hf"
+    )
+
+
 def import_vllm() -> Any:
     """The ``vllm`` module, or :class:`VLLMUnavailable` saying what to do."""
     try:
         import vllm
     except ImportError as error:
-        raise VLLMUnavailable(
-            f"generate.backend=vllm needs the vllm package on a CUDA machine ({error}); "
-            "install it (pip install vllm) or use generate.backend=hf"
-        ) from error
+        raise _missing(f" ({error})") from error
     return vllm
 
 
 def check_vllm_available(config: RunConfig) -> None:
     """Before any stage runs: refuse ``generate.backend=vllm`` without vLLM installed."""
     if config.generate.backend == "vllm" and not _vllm_importable():
-        raise VLLMUnavailable(
-            "generate.backend=vllm needs the vllm package on a CUDA machine; install it "
-            "(pip install vllm) or use generate.backend=hf"
-        )
+        raise _missing()
 
 
 def _vllm_importable() -> bool:
