@@ -266,6 +266,22 @@ def test_congrad_run_under_deepspeed_zero3_trains_and_filters_like_one_process(
 
 
 @pytest.mark.slow
+def test_a_deepspeed_launch_the_loop_cannot_honour_is_refused_on_every_rank(tmp_path):
+    # Before any stage: each rank exits 2 with the reason, nothing is written
+    folder = tmp_path / "refused"
+    cli = ["-m", "congrad.cli", "run", "--config", str(SMOKE), "--quiet", f"output_dir={folder}"]
+    cli.append("train.gradient_accumulation_steps=2")
+    refused = _launch(cli, 2, tmp_path, expect=1, zero_stage=2)
+    assert refused.stderr.count("gradient_accumulation_steps=2 with DeepSpeed ZeRO-2") == 2
+    assert not (folder / "round_1").exists()
+    # LoRA cannot be merged into DeepSpeed's partitions
+    cli[-1] = "model.lora.enabled=true"
+    refused = _launch(cli, 2, tmp_path, expect=1, zero_stage=2)
+    assert refused.stderr.count("model.lora with DeepSpeed is not supported") == 2
+    assert not (folder / "round_1").exists()
+
+
+@pytest.mark.slow
 def test_standalone_filter_on_two_processes_selects_what_one_process_selects(tmp_path):
     dataset = tmp_path / "prefs.jsonl"
     write_preference_file(dataset, make_pairs(14))

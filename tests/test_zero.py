@@ -59,6 +59,7 @@ def test_settings_that_already_agree_with_congrad_are_accepted():
         ({"optimizer": {"type": "AdamW"}}, {}, "'optimizer' section"),
         ({"scheduler": {"type": "WarmupLR"}}, {}, "'scheduler' section"),
         ({"fp16": {"enabled": True}}, {}, "DeepSpeed fp16"),
+        ({}, {"mixed_precision": "fp16"}, "DeepSpeed fp16"),
         ({"gradient_clipping": 5.0}, {}, "gradient_clipping=5.0 but train.max_grad_norm=1.0"),
     ],
 )

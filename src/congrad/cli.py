@@ -131,6 +131,10 @@ def _load(args: argparse.Namespace) -> Any:
         from congrad.vllm_engine import check_vllm_available
 
         check_vllm_available(config)  # before any stage runs, not after round 1's prompts
+    if args.command in ("run", "train"):
+        from congrad.zero import check_launch
+
+        check_launch(config)  # a DeepSpeed launch the loop cannot honour: refused now
     return config
 
 

@@ -41,7 +41,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from congrad.config import TrainConfig
+from congrad.config import RunConfig, TrainConfig
 
 if TYPE_CHECKING:  # importing this module stays torch-free (congrad.errors imports it)
     import torch
@@ -95,10 +95,12 @@ def configure(ds_config: dict[str, Any], train: TrainConfig, world: int) -> None
                 f"the DeepSpeed config has a '{section}' section: remove it; congrad trains "
                 "with its own AdamW and schedule (train.learning_rate, train.warmup_ratio)."
             )
-    if ds_config.get("fp16", {}).get("enabled") in (True, "true"):
+    fp16 = ds_config.get("fp16", {}).get("enabled") in (True, "true")
+    if fp16 or train.mixed_precision == "fp16":
         raise ZeroConfigError(
-            "DeepSpeed fp16 is not supported (its dynamic loss scale would reach the gradient "
-            "EMA): use train.mixed_precision=bf16, or 'no'."
+            "DeepSpeed fp16 (train.mixed_precision=fp16 or the config's fp16 section) is not "
+            "supported: its dynamic loss scale would reach the gradient EMA. Use "
+            "train.mixed_precision=bf16, or 'no'."
         )
     clipping = ds_config.get("gradient_clipping", "auto")
     if not _is_auto(clipping) and float(clipping) != train.max_grad_norm:
@@ -113,6 +115,30 @@ def configure(ds_config: dict[str, Any], train: TrainConfig, world: int) -> None
         train_micro_batch_size_per_gpu=per_rank,
         train_batch_size=per_rank * world,
     )
+
+
+def check_launch(config: RunConfig) -> None:
+    """Before any stage runs: refuse a DeepSpeed launch whose config congrad's loop cannot
+    honour (:func:`configure` on a copy of the config accelerate will build from the
+    launcher's environment; LoRA), rather than after round 1's generation. No-op without
+    DeepSpeed."""
+    if not requested():
+        return
+    if config.model.lora.enabled:
+        raise ZeroConfigError(
+            "model.lora with DeepSpeed is not supported: the adapter could not be merged into "
+            "DeepSpeed's partitions. Use LoRA with DDP (configs/accelerate/ddp-*.yaml; the "
+            "adapter's gradients are small) or DeepSpeed without LoRA."
+        )
+    import copy
+
+    from accelerate.utils import DeepSpeedPlugin
+
+    from congrad import distributed
+
+    plugin = DeepSpeedPlugin()  # reads ACCELERATE_DEEPSPEED_* as the Accelerator will
+    load_models_whole()  # building the plugin registered its config with transformers
+    configure(copy.deepcopy(plugin.deepspeed_config), config.train, distributed.world_size())
 
 
 def load_models_whole() -> None:
