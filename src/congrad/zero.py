@@ -1,10 +1,12 @@
 """DeepSpeed ZeRO stages 2 and 3 under ``accelerate launch``, as congrad's trainer needs them.
 
 In: accelerate's DeepSpeed plugin (``accelerate launch`` with a ``deepspeed_config``, which
-sets ``ACCELERATE_USE_DEEPSPEED``) and congrad's ``TrainConfig``. Out: the plugin's
-DeepSpeed config filled in for congrad's own training loop (:func:`configure`, which refuses
-what the loop cannot honour), each tracked matrix's whole gradient of the last minibatch
-(:func:`full_grad`), and the trained weights gathered whole (:func:`full_state_dict`).
+sets ``ACCELERATE_USE_DEEPSPEED``) and congrad's config. Out: a refusal, before any stage
+runs, of a launch the loop cannot honour (:func:`check_launch`); the plugin's DeepSpeed
+config filled in for congrad's own training loop (:func:`configure`); each tracked matrix's
+whole gradient of the last minibatch (:func:`full_grad`); a ZeRO-3 accumulation window held
+aside and given back (:func:`hold_aside`, :func:`give_back`); and the trained weights
+gathered whole (:func:`full_state_dict`).
 
 Why ZeRO needs its own path: after ``engine.backward`` DeepSpeed has reduced each gradient
 into the partitions it owns (stage 2: gradients and optimizer state partitioned; stage 3:
