@@ -73,6 +73,40 @@ def test_update_without_backward_is_an_error(tiny):
         GradientEMA(model, rank=2).update("a|b")
 
 
+def test_a_gradient_reader_is_asked_one_matrix_at_a_time_in_a_fixed_order(tiny):
+    # DeepSpeed's (and FSDP2's) gathered gradients: each is dropped before the next is read,
+    # so the update costs one whole matrix of transient memory, not a whole model's.
+    import weakref
+
+    model, _ = tiny
+    for parameter in model.parameters():
+        parameter.grad = torch.randn_like(parameter)
+    by_grad = GradientEMA(model, rank=4, seed=1)
+    by_grad.update("en")
+    alive: list[weakref.ref] = []
+    order: list[torch.Tensor] = []
+
+    def read(weight: torch.Tensor) -> torch.Tensor | None:
+        assert all(ref() is None for ref in alive), "a gathered gradient was still held"
+        gathered = weight.grad.clone()  # what a gather returns: a fresh whole tensor
+        alive.append(weakref.ref(gathered))
+        order.append(weight)
+        return gathered
+
+    by_reader = GradientEMA(model, rank=4, seed=1)
+    by_reader.update("en", read=read)
+    modules = dict(model.named_modules())
+    expected = [modules[name.removesuffix(".weight")].weight for name in by_reader.tracked_names]
+    assert [id(w) for w in order] == [id(w) for w in expected]  # the same order on every rank
+    for name in by_grad.tracked_names:  # the same numbers as reading .grad
+        torch.testing.assert_close(
+            by_reader.matrices("en")[name].dense(), by_grad.matrices("en")[name].dense()
+        )
+    with pytest.raises(RuntimeError, match="no tracked parameter has a gradient"):
+        by_reader.update("de", read=lambda weight: None)
+    assert by_reader.languages == ["en"]  # the failed language was not kept
+
+
 def test_save_load_round_trip(tmp_path, tiny, filled_ema):
     model, _ = tiny
     path = tmp_path / "ema.safetensors"
