@@ -1,12 +1,15 @@
 """A train_round / score_pairs job for the multi-process invariance tests.
 
 Run alone (one process) or under ``torchrun --nproc_per_node N`` with the same arguments:
-``python tests/distributed_worker.py OUT BATCH ACCUMULATION [fsdp] [lora]`` (``fsdp``: the
-model is sharded with FSDP2's ``fully_shard`` before training, and no scores are computed;
-``lora``: a LoRA adapter is attached first, so DDP reduces only its gradients). The main
-process writes ``OUT/result.json`` (per-minibatch log, scores) and ``OUT/weights.safetensors`` and
-``OUT/ema.safetensors`` (the trained weights and the round's GradientEMA); every rank
-writes ``OUT/ema.<rank>.safetensors`` so the test can check the ranks agree.
+``python tests/distributed_worker.py OUT BATCH ACCUMULATION [fsdp] [lora] [checkpointing]``
+(``fsdp``: the model is sharded with FSDP2's ``fully_shard`` before training, and no scores
+are computed; ``lora``: a LoRA adapter is attached first, so DDP reduces only its gradients;
+``checkpointing``: ``train.gradient_checkpointing``). Under DeepSpeed (the launcher's
+environment) the trained weights come from ``TrainResult.weights`` and no scores are
+computed. The main process writes ``OUT/result.json`` (per-minibatch log, scores) and
+``OUT/weights.safetensors`` and ``OUT/ema.safetensors`` (the trained weights and the
+round's GradientEMA); every rank writes ``OUT/ema.<rank>.safetensors`` so the test can
+check the ranks agree.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from congrad.testing import tiny_causal_lm
 from congrad.train import train_round
 
 
-def main(out: Path, batch_size: int, accumulation: int, fsdp: bool, lora: bool) -> None:
+def main(
+    out: Path, batch_size: int, accumulation: int, fsdp: bool, lora: bool, checkpointing: bool
+) -> None:
     torch.manual_seed(0)
     model, tokenizer = tiny_causal_lm(seed=0)
     if lora:  # a fresh, fixed-seed adapter: the EMA and the scores track its A and B
@@ -47,6 +52,7 @@ def main(out: Path, batch_size: int, accumulation: int, fsdp: bool, lora: bool) 
     pairs = make_pairs(17)  # 6 en, 6 de, 5 zh: last chunks smaller than the batch
     train = TrainConfig(
         batch_size=batch_size,
+        gradient_checkpointing=checkpointing,
         gradient_accumulation_steps=accumulation,
         learning_rate=1e-3,
         warmup_ratio=0.0,
@@ -86,6 +92,5 @@ def main(out: Path, batch_size: int, accumulation: int, fsdp: bool, lora: bool) 
 
 if __name__ == "__main__":
     options = sys.argv[4:]
-    main(
-        Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), "fsdp" in options, "lora" in options
-    )
+    flags = ("fsdp" in options, "lora" in options, "checkpointing" in options)
+    main(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), *flags)

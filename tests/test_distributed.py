@@ -104,7 +104,15 @@ def _selection(scores: list[dict]) -> list[bool]:
     return [row.kept for row in select_pairs(pairs, values, Strategy.MAX_CONGRAD, 0.5)]
 
 
-SHARDINGS = [(1, "ddp"), (2, "ddp"), (1, "fsdp"), (1, "lora"), (1, "zero2"), (2, "zero3")]
+SHARDINGS = [
+    (1, "ddp"),
+    (2, "ddp"),
+    (1, "fsdp"),
+    (1, "lora"),
+    (1, "zero2"),
+    (2, "zero3"),
+    (1, "zero3-checkpointing"),  # train.gradient_checkpointing in both runs
+]
 
 
 @pytest.mark.slow
@@ -118,13 +126,15 @@ def test_two_processes_train_and_score_like_one(tmp_path, accumulation, sharding
             args.append("lora")
         elif processes > 1 and sharding == "fsdp":  # the one-process run is unsharded
             args.append("fsdp")
-        zero_stage = int(sharding[-1]) if processes > 1 and "zero" in sharding else None
+        if sharding.endswith("checkpointing"):
+            args.append("checkpointing")
+        zero_stage = int(sharding[4]) if processes > 1 and sharding.startswith("zero") else None
         _launch(args, processes, tmp_path, zero_stage=zero_stage)
         runs[processes] = out
     one = json.loads((runs[1] / "result.json").read_text())
     two = json.loads((runs[2] / "result.json").read_text())
     assert (one["world_size"], two["world_size"]) == (1, 2)
-    assert (one["deepspeed"], two["deepspeed"]) == (False, "zero" in sharding)
+    assert (one["deepspeed"], two["deepspeed"]) == (False, sharding.startswith("zero"))
 
     # The same schedule, minibatch by minibatch (17 pairs: minibatches of 4, 2 and 1 pairs,
     # the 1-pair one smaller than the world: one rank takes part with weight 0).
@@ -160,7 +170,7 @@ def test_two_processes_train_and_score_like_one(tmp_path, accumulation, sharding
         scale = value.abs().max().clamp_min(1e-12)
         assert (ema_rank0[name] - value).abs().max() / scale < 1e-3, name
 
-    if sharding in ("fsdp", "zero2", "zero3"):  # (the loop scores with M_t reloaded whole)
+    if sharding == "fsdp" or two["deepspeed"]:  # (the loop scores with M_t reloaded whole)
         assert two["scores"] == []
         # M_t saved from the shards (DeepSpeed: its fp32 masters, gathered from its
         # partitions before its engine let go) loads as a plain model: the trained weights
