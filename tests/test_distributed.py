@@ -3,7 +3,7 @@
 Each slow test runs the same job alone and under ``torchrun --standalone --nproc_per_node 2``
 (DDP; FSDP2 with the model sharded by ``fully_shard`` as accelerate's FSDP v2 does; DeepSpeed
 ZeRO 2 and 3 through accelerate, on gloo)
-(both with one thread per process, so each is deterministic) and compares: the loss curve,
+(each with one thread per process, so each is deterministic) and compares: the loss curve,
 the weights, the per-language EMA (identical on every rank, and equal to the one-process
 EMA to float tolerance), the CONGRAD scores and the selection; end to end through the CLI,
 the run folders' artifacts.
@@ -195,7 +195,9 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def _cli_run(folder: Path, processes: int, commands: tuple[str, ...], zero_stage=None) -> Path:
+def _cli_run(
+    folder: Path, processes: int, commands: tuple[str, ...], zero_stage: int | None = None
+) -> Path:
     for command in commands:
         cli = ["-m", "congrad.cli", command, "--config", str(SMOKE), "--quiet"]
         _launch([*cli, f"output_dir={folder}"], processes, folder.parent, zero_stage=zero_stage)
