@@ -300,6 +300,8 @@ def run_seed(
                     max_length=32,
                 )
                 own_cosines.update({s.pair_id: s.cosine for s in own})
+        setting = {"regime": regime, "seed": seed, "rank": rank, "gamma": gamma}
+        setting["warmup_lr"] = warmup_lr  # the columns every row of this setting shares
         separated = SEPARATION_STRATEGIES if headline else ("max-congrad",)
         for strategy in separated:
             scores, kept = _selection(
@@ -313,11 +315,7 @@ def run_seed(
                 flags = [planted[i] for i in rows]
                 separation.append(
                     {
-                        "regime": regime,
-                        "seed": seed,
-                        "rank": rank,
-                        "gamma": gamma,
-                        "warmup_lr": warmup_lr,
+                        **setting,
                         "strategy": strategy,
                         "lang": lang,
                         "auc": separation_auc(values, flags),
@@ -350,11 +348,7 @@ def run_seed(
                 ]
                 accuracy.append(
                     {
-                        "regime": regime,
-                        "seed": seed,
-                        "rank": rank,
-                        "gamma": gamma,
-                        "warmup_lr": warmup_lr,
+                        **setting,
                         "strategy": strategy,
                         "lang": lang,
                         "kept": sum(lang_kept),
