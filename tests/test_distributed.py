@@ -29,6 +29,7 @@ from tests.conftest import accelerate_launch_environment, make_pairs, write_pref
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "distributed_worker.py"
+VLLM_CLI = ROOT / "tests" / "vllm_cli.py"  # congrad.cli with the fake vllm installed
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
 
@@ -92,6 +93,16 @@ def test_one_process_is_a_world_of_one_and_waves_are_a_plain_map(monkeypatch):
     tensor = torch.ones(2)
     distributed.all_reduce_sum([tensor])
     assert tensor.tolist() == [1.0, 1.0]
+
+
+def test_a_launched_process_running_a_stage_alone_is_a_world_of_one(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert distributed.launched()
+    with distributed.solo():
+        assert not distributed.launched()
+        assert distributed.world_size() == 1 and distributed.gather("x") == ["x"]
+        assert list(distributed.map_in_waves([3, 1], lambda v: v * 10)) == [(0, 30), (1, 10)]
+    assert distributed.launched()  # only inside
 
 
 # -- train_round and score_pairs ------------------------------------------------------------
@@ -275,6 +286,31 @@ def test_congrad_run_under_deepspeed_zero3_trains_and_filters_like_one_process(
         assert saved.keys() == ours.keys()
         for name, value in ours.items():
             torch.testing.assert_close(saved[name], value, rtol=0, atol=tolerance, msg=name)
+
+
+@pytest.mark.slow
+def test_vllm_stages_run_on_the_main_process_alone_and_write_what_one_process_writes(tmp_path):
+    # generate.backend=vllm: generate, judge and evaluation answers run on rank 0 only (the
+    # fake vllm of tests/fake_vllm.py), whose own broadcasts and waves must not wait for
+    # the other ranks, parked at the stage's barrier (they hung here before).
+    folders = {}
+    for processes in (1, 2):
+        folders[processes] = tmp_path / f"vllm{processes}"
+        for command in ("run", "evaluate"):
+            cli = [str(VLLM_CLI), command, "--config", str(SMOKE), "--quiet"]
+            cli += [f"output_dir={folders[processes]}", "generate.backend=vllm"]
+            _launch(cli, processes, tmp_path)
+    one, two = folders[1], folders[2]
+    for name in (
+        "round_1/completions.jsonl",
+        "round_1/judgments.jsonl",
+        "round_1/pairs.jsonl",
+        "round_2/completions.jsonl",
+        "round_0/eval_answers.jsonl",
+        "round_2/eval_answers.jsonl",
+    ):
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    _assert_trained_and_filtered_alike(one, two)
 
 
 @pytest.mark.slow

@@ -10,9 +10,10 @@ every function reduces to the plain single-process computation, so there is one 
 The process group is set up by accelerate's ``PartialState`` (NCCL on GPUs, gloo on CPUs)
 the first time a rank question is asked in a launched process.
 
-How congrad uses the ranks (the loop decides, :mod:`congrad.loop`): prompts, pairs and
-evaluation run on the main process while the others wait at a barrier; generation and
-judging with the HF backend, the CONGRAD scoring pass and training run on all ranks, each
+How congrad uses the ranks (the loop decides, :mod:`congrad.loop`): prompts, pairs,
+evaluation MCQ and verdicts, and the vLLM stages run on the main process alone, as a world of
+one (:func:`solo`), while the others wait at a barrier; generation, judging and evaluation
+answers with the HF backend, the CONGRAD scoring pass and training run on all ranks, each
 on its share of the work. Only the main process writes artifacts, so every rank must see
 the same ``output_dir`` (a shared file system when several nodes take part).
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
@@ -42,9 +44,25 @@ main process runs a main-only stage (judging with an API judge, evaluation), whi
 take far longer than torch's default 10-30 minutes."""
 
 
+_SOLO: ContextVar[bool] = ContextVar("congrad_solo", default=False)
+
+
 def launched() -> bool:
-    """Whether a launcher started this process as one of several."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """Whether a launcher started this process as one of several (and it is not running a
+    main-only stage, see :func:`solo`)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _SOLO.get()
+
+
+@contextlib.contextmanager
+def solo() -> Iterator[None]:
+    """The main process runs a stage alone (the others wait at a barrier): inside, this
+    process is a world of one, so the stage's broadcasts, gathers and waves reduce to the
+    single-process computation instead of waiting for ranks that never come."""
+    token = _SOLO.set(True)
+    try:
+        yield
+    finally:
+        _SOLO.reset(token)
 
 
 def use_cpu() -> bool:

@@ -10,8 +10,9 @@ handed to ``on_done`` chunk by chunk, so the caller can log them and resume an
 interrupted stage where it stopped. The chunks (one backend batch each) are cut from the
 full request list, never from what is left of it: a resumed run batches every record with
 the same neighbours as an uninterrupted one, so it writes the same bytes. With several
-processes the chunks are spread over the ranks (:func:`congrad.distributed.map_in_waves`)
-and every rank gets every completion, in the single-process order.
+processes and the HF backend the chunks are spread over the ranks
+(:func:`congrad.distributed.map_in_waves`) and every rank gets every completion, in the
+single-process order; vLLM generates on the main process alone.
 """
 
 from __future__ import annotations

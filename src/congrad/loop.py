@@ -27,6 +27,7 @@ rank sees the same completed stages.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable
@@ -323,7 +324,9 @@ class Runner:
                     resolve_model_path(self.config.model.name_or_path)
         if main or self.collective(stage):
             module = eval_stages if stage in EVAL_STAGES else stages
-            facts = getattr(module, f"run_{stage}")(self, round_index)
+            alone = contextlib.nullcontext() if self.collective(stage) else distributed.solo()
+            with alone:  # a main-only stage's own collectives must not wait for the others
+                facts = getattr(module, f"run_{stage}")(self, round_index)
         elif stage in ENGINE_STAGES and self.config.generate.backend == "vllm":
             self.release_model()  # the main process's engine may span this rank's GPU (TP)
         seconds = time.perf_counter() - start

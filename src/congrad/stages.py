@@ -5,9 +5,11 @@ round folder and a dict of facts (counts per language) for its manifest. Each
 ``run_<stage>`` is called by :meth:`Runner.run_stage`, which writes the manifest after it
 returns; nothing here decides stage order.
 
-With several processes, ``run_generate``, ``run_judge``, ``run_filter`` and ``run_train`` run
-on every rank (:data:`congrad.loop.COLLECTIVE_STAGES`): the work is shared, the main process
-alone keeps the partial logs and writes the files, and the other ranks return no facts.
+With several processes, ``run_generate``, ``run_judge`` (with the HF backend), ``run_filter``
+and ``run_train`` run on every rank (:data:`congrad.loop.COLLECTIVE_STAGES`): the work is
+shared, the main process alone keeps the partial logs and writes the files, and the other
+ranks return no facts. The other stages (and generate / judge with vLLM) run on the main
+process alone, as a world of one (:func:`congrad.distributed.solo`).
 """
 
 from __future__ import annotations
