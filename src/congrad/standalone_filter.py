@@ -34,7 +34,7 @@ from congrad import distributed
 from congrad.artifacts import write_jsonl, write_manifest
 from congrad.config import RunConfig
 from congrad.encoding import collate_pairs, encode_pair, pad_token_id_of
-from congrad.gradient_ema import GradientEMA, tracked_linears
+from congrad.gradient_ema import GradientEMA
 from congrad.losses import lp_dpo_loss
 from congrad.lowrank import stable_seed
 from congrad.records import PreferencePair
@@ -62,8 +62,14 @@ def build_ema_from_pairs(
         include=config.ema.include,
         seed=config.seed,
     )
-    tracked = [module.weight for module in tracked_linears(model, config.ema.include).values()]
     world, me = distributed.world_size(), distributed.rank()
+
+    def summed(weight: torch.Tensor) -> torch.Tensor:
+        """This minibatch's gradient summed over the ranks (a rank with no pair adds 0)."""
+        grad = weight.grad if weight.grad is not None else torch.zeros_like(weight)
+        distributed.all_reduce_sum([grad])
+        return grad
+
     pad_id = pad_token_id_of(tokenizer)
     was_training = model.training
     model.eval()
@@ -90,12 +96,7 @@ def build_ema_from_pairs(
                     alpha=config.train.alpha,
                 )
                 (losses.sum() / len(indices)).backward()
-            if world > 1:  # a rank with no pair adds zeros
-                for weight in tracked:
-                    if weight.grad is None:
-                        weight.grad = torch.zeros_like(weight)
-                distributed.all_reduce_sum([g for w in tracked if (g := w.grad) is not None])
-            ema.update(pairs[indices[0]].lang)
+            ema.update(pairs[indices[0]].lang, read=summed if world > 1 else None)
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
