@@ -43,10 +43,9 @@ def per_gpu_bytes(plan: MemoryPlan, gpus: int) -> list[tuple[str, int, str]]:
     if gpus < 1:
         raise PlanError(f"--gpus must be >= 1, got {gpus}")
     share = _ceil_div(plan.batch_size, gpus)
-    batch = plan.activations_bytes + plan.attention_scores_bytes + plan.logits_bytes
-    per_rank_batch = batch * share // plan.batch_size  # linear in the pairs: exact
+    per_rank_batch = plan.batch_bytes * share // plan.batch_size  # linear in the pairs: exact
     common = per_rank_batch + plan.ema_bytes
-    state = plan.weights_bytes + plan.gradient_bytes + plan.optimizer_bytes + plan.master_bytes
+    state = plan.state_bytes
     rows = [("DDP", state + plan.gradient_bytes + common, "nothing; + gradient buckets")]
     if plan.lora_r is not None:
         return rows

@@ -56,7 +56,9 @@ if TYPE_CHECKING:
 
 GB, GIB = 10**9, 2**30
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
-#: Settings of a plan made with ``--model`` alone: those of ``configs/paper/*.yaml``.
+#: Settings of a plan made with ``--model`` alone: the paper's rank, languages and batch, on
+#: bf16 weights (``configs/paper/*.yaml`` load fp32 weights and autocast to bf16: the same
+#: 16 bytes of state per parameter, split differently; ``--config`` plans those exactly).
 DEFAULTS = {"rank": 64, "languages": 10, "batch_size": 16, "max_length": 1024, "dtype": "bf16"}
 _CONFIG_DTYPES = {"auto": "bf16", "bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
@@ -114,11 +116,19 @@ class MemoryPlan:
         return self.dense_ema_bytes_per_language / self.ema_bytes_per_language
 
     @property
+    def state_bytes(self) -> int:
+        """Weights, gradients, optimizer states and master copy."""
+        return self.weights_bytes + self.gradient_bytes + self.optimizer_bytes + self.master_bytes
+
+    @property
+    def batch_bytes(self) -> int:
+        """One minibatch's activations, attention scores and logits (linear in the pairs)."""
+        return self.activations_bytes + self.attention_scores_bytes + self.logits_bytes
+
+    @property
     def training_bytes(self) -> int:
         """Weights, gradients, optimizer, master copy, one minibatch and all EMAs."""
-        state = self.weights_bytes + self.gradient_bytes + self.optimizer_bytes + self.master_bytes
-        batch = self.activations_bytes + self.attention_scores_bytes + self.logits_bytes
-        return state + batch + self.ema_bytes
+        return self.state_bytes + self.batch_bytes + self.ema_bytes
 
 
 def _size(config: dict[str, Any], key: str, default: int | None = None) -> int:
