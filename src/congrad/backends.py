@@ -235,7 +235,7 @@ class VLLMBackend:
         engine_args: dict[str, Any],
         eos_ids: Sequence[int],
     ) -> None:
-        from congrad.vllm_engine import import_vllm
+        from congrad.vllm_engine import distributed_is_set_up, import_vllm
 
         self._vllm = import_vllm()
         from vllm.inputs import TokensPrompt  # a TypedDict: {"prompt_token_ids": [...]}
@@ -245,8 +245,6 @@ class VLLMBackend:
         self.eos_ids = sorted({int(i) for i in eos_ids})
         self.max_logprobs = int(engine_args.get("max_logprobs", 20))
         self.max_model_len = engine_args.get("max_model_len")
-        from congrad.vllm_engine import distributed_is_set_up
-
         self._owns_distributed = not distributed_is_set_up()
         self.engine: Any = self._vllm.LLM(model=model_path, tokenizer=model_path, **engine_args)
 

@@ -179,10 +179,6 @@ class EngineCache:
         self._backend: VLLMBackend | None = None
         self._key: tuple[str, str] | None = None
 
-    @property
-    def live(self) -> bool:
-        return self._backend is not None
-
     def backend(self, runner: Runner, trained_round: int) -> VLLMBackend:
         """The engine serving M_trained_round: the live one when it serves that folder,
         else a new one (the live engine shut down and the runner's HF model released)."""
