@@ -19,7 +19,7 @@ from tests.conftest import accelerate_launch_environment
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "accelerate").glob("*.yaml"))
 
 
-def test_one_and_two_machine_configs_for_ddp_and_fsdp2_are_shipped():
+def test_one_and_two_machine_configs_for_every_engine_are_shipped():
     names = {path.stem for path in CONFIGS}
     engines = ("ddp", "fsdp2", "zero2", "zero3")
     assert names == {f"{engine}-{n}node-8gpu" for engine in engines for n in (1, 2)}

@@ -252,16 +252,22 @@ def test_quick_cli_run_writes_consistent_artifacts(tmp_path, capsys):
     by_key = {
         (r["regime"], *setting(r), r["strategy"], r["lang"]): r for r in results["separation"]
     }
+    mirrored = 0
     for (regime, rank, gamma, lr, strategy, lang), row in by_key.items():
         if strategy == "max-congrad" and (regime, rank, gamma, lr, "min-congrad", lang) in by_key:
             other = by_key[(regime, rank, gamma, lr, "min-congrad", lang)]
             assert row["auc"] + other["auc"] == pytest.approx(1.0)
+            mirrored += 1
+    assert mirrored > 0
     # the trained kept sets are the scored selections: planted share = 1 - precision
+    matched = 0
     for row in headline:
         key = (row["regime"], 4, 0.9, 3e-3, row["strategy"], row["lang"])
         if key in by_key:
             precision = by_key[key]["precision"]
             assert row["kept_planted"] / row["kept"] == pytest.approx(1 - precision)
+            matched += 1
+    assert matched > 0
     with open(output / "accuracy.csv", newline="") as handle:
         assert len(list(csv.DictReader(handle))) == len(results["accuracy"])
     assert (output / "tables.md").read_text() in printed

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from congrad import distributed
+from congrad.artifacts import read_jsonl
 from congrad.config import Strategy
 from congrad.records import PairScore, PreferencePair
 from congrad.selection import select_pairs, strategy_scores
@@ -202,10 +204,6 @@ def test_two_processes_train_and_score_like_one(tmp_path, accumulation, sharding
 # -- end to end through the CLI -------------------------------------------------------------
 
 
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def _cli_run(
     folder: Path, processes: int, commands: tuple[str, ...], zero_stage: int | None = None
 ) -> Path:
@@ -225,14 +223,14 @@ def _assert_trained_and_filtered_alike(one: Path, two: Path) -> None:
     """Training's gradients are summed in another order: floats agree to tolerance, and
     round 2's CONGRAD scores (from round 1's EMA and M_1) select the same pairs."""
     for round_index in (1, 2):
-        logs = [_rows(f / f"round_{round_index}/train_log.jsonl") for f in (one, two)]
+        logs = [read_jsonl(f / f"round_{round_index}/train_log.jsonl") for f in (one, two)]
         assert [r["lang"] for r in logs[0]] == [r["lang"] for r in logs[1]]
         assert [r["loss"] for r in logs[1]] == pytest.approx([r["loss"] for r in logs[0]], rel=1e-4)
-    scores = [_rows(f / "round_2/scores.jsonl") for f in (one, two)]
+    scores = [read_jsonl(f / "round_2/scores.jsonl") for f in (one, two)]
     assert [s["cosine"] for s in scores[1]] == pytest.approx(
         [s["cosine"] for s in scores[0]], abs=1e-5
     )
-    selections = [_rows(f / "round_2/selection.jsonl") for f in (one, two)]
+    selections = [read_jsonl(f / "round_2/selection.jsonl") for f in (one, two)]
     assert [(s["pair_id"], s["kept"]) for s in selections[0]] == [
         (s["pair_id"], s["kept"]) for s in selections[1]
     ]
@@ -319,14 +317,15 @@ def test_a_deepspeed_launch_the_loop_cannot_honour_is_refused_on_every_rank(tmp_
     folder = tmp_path / "refused"
     cli = ["-m", "congrad.cli", "run", "--config", str(SMOKE), "--quiet", f"output_dir={folder}"]
     cli.append("train.gradient_accumulation_steps=2")
-    refused = _launch(cli, 2, tmp_path, expect=1, zero_stage=2)
+    refused = _launch(cli, 2, tmp_path, expect=1, zero_stage=2)  # torchrun's own status
     assert refused.stderr.count("gradient_accumulation_steps=2 with DeepSpeed ZeRO-2") == 2
-    assert not (folder / "round_1").exists()
+    assert len(re.findall(r"exitcode\s*:\s*2\b", refused.stderr)) >= 1  # congrad's: 2
+    assert not folder.exists()  # refused before the run folder was made
     # LoRA cannot be merged into DeepSpeed's partitions
     cli[-1] = "model.lora.enabled=true"
     refused = _launch(cli, 2, tmp_path, expect=1, zero_stage=2)
     assert refused.stderr.count("model.lora with DeepSpeed is not supported") == 2
-    assert not (folder / "round_1").exists()
+    assert not folder.exists()
 
 
 @pytest.mark.slow
@@ -339,11 +338,11 @@ def test_standalone_filter_on_two_processes_selects_what_one_process_selects(tmp
         cli = ["-m", "congrad.cli", "filter", "--dataset", str(dataset), "--model", "tiny-random"]
         cli += ["--output", str(outputs[processes]), "--quiet", "train.batch_size=3", "ema.rank=4"]
         _launch(cli, processes, tmp_path)
-    scores = [_rows(outputs[p] / "scores.jsonl") for p in (1, 2)]
+    scores = [read_jsonl(outputs[p] / "scores.jsonl") for p in (1, 2)]
     assert [s["cosine"] for s in scores[1]] == pytest.approx(
         [s["cosine"] for s in scores[0]], abs=1e-5
     )
-    selections = [_rows(outputs[p] / "selection.jsonl") for p in (1, 2)]
+    selections = [read_jsonl(outputs[p] / "selection.jsonl") for p in (1, 2)]
     assert [s["kept"] for s in selections[0]] == [s["kept"] for s in selections[1]]
     emas = [load_file(outputs[p] / "ema.safetensors") for p in (1, 2)]
     for name, value in emas[0].items():
@@ -376,7 +375,7 @@ def test_training_refuses_engines_that_hide_the_per_minibatch_gradient(kind, fsd
         distributed_type=DistributedType[kind], state=SimpleNamespace(fsdp_plugin=plugin)
     )
     if refused:
-        with pytest.raises(NotImplementedError, match="FSDP version 1: the gradient EMA"):
+        with pytest.raises(NotImplementedError, match=r"not FSDP version 1: .*fsdp2-\*\.yaml"):
             _uses_deepspeed(accelerator)
     else:
         assert _uses_deepspeed(accelerator) is (kind == "DEEPSPEED")

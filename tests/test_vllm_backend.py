@@ -249,8 +249,8 @@ def test_a_top_k_without_any_digit_is_unparsed_not_a_crash(fake, tiny_folder):
     _, candidates = score_candidates(tokenizer)
     prompt = backend.chat_prompt("Hi", assistant_prefix="Score: ")
     row = backend.next_token_logprobs([prompt], [i for _, i in candidates])[0].tolist()
-    if all(math.isinf(x) for x in row):  # the random model's top token is no digit here
-        assert expected_score(candidates, row, 0.0) == (None, 0.0)
+    assert all(math.isinf(x) for x in row)  # the random model's top-k holds no digit here
+    assert expected_score(candidates, row, 0.0) == (None, 0.0)
 
 
 def test_a_prompt_longer_than_the_context_is_a_clear_error(fake, tiny_folder):

@@ -36,7 +36,7 @@ def test_the_loop_owns_accumulation_clipping_and_the_batch_bookkeeping(batch, wo
     assert config["zero_optimization"] == {"stage": 3}  # the user's choices are kept
 
 
-def test_zero3_accumulates_in_congrad_deepspeed_steps_once_per_window():
+def test_under_zero3_accumulation_is_congrads_and_deepspeeds_stays_1():
     config = _accelerate_defaults(3)
     zero.configure(config, TrainConfig(batch_size=8, gradient_accumulation_steps=4), world=2)
     assert config["gradient_accumulation_steps"] == 1  # congrad holds the window aside

@@ -238,7 +238,7 @@ def _uses_deepspeed(accelerator: Accelerator) -> bool:
     tracked matrix's whole gradient per minibatch: DDP holds it, FSDP2 holds a ``DTensor``
     shard the EMA gathers, DeepSpeed a partition :func:`congrad.zero.full_grad` gathers.
     FSDP1's flat parameters hide it, so FSDP1 is refused, saying what to use instead."""
-    kind = str(accelerator.distributed_type)
+    kind = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
     plugin = getattr(accelerator.state, "fsdp_plugin", None)
     if "FSDP" in kind and getattr(plugin, "fsdp_version", 1) != 2:
         raise NotImplementedError(
