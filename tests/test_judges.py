@@ -7,6 +7,7 @@ import json
 import math
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,6 +33,8 @@ from congrad.pairwise import (
     verdict_candidates,
 )
 from tests.fake_openai import FakeOpenAIServer
+
+SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
 
 KEY_ENV = "CONGRAD_TEST_JUDGE_KEY"
 KEY = "sk-test-SECRET-4b1d"
@@ -424,3 +427,26 @@ def test_a_local_judge_folder_is_named_by_its_weights_so_replaced_weights_get_ne
     # a hub id or a built-in name is not a path: kept as it is
     assert judge_cache_name("Qwen/Qwen2.5-7B-Instruct") == "Qwen/Qwen2.5-7B-Instruct"
     assert judge_cache_name("tiny-random") == "tiny-random"
+
+
+@pytest.mark.parametrize("backend", ["hf", "self"])
+def test_the_configured_local_judge_names_its_folders_weights(tmp_path, backend):
+    # evaluate.judge.backend=hf (a judge model folder) or self (the seed model's folder):
+    # what pairwise_judge builds carries the weights' stamps into its cache identity.
+    from congrad.config import load_config
+    from congrad.eval_stages import judge_cache_name, pairwise_judge
+    from congrad.loop import Runner
+    from congrad.testing import tiny_causal_lm
+
+    folder = tmp_path / "model"
+    model, tokenizer = tiny_causal_lm(seed=0)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    overrides = [f"output_dir={tmp_path / 'run'}", f"evaluate.judge.backend={backend}"]
+    if backend == "hf":
+        overrides.append(f"evaluate.judge.model={folder}")
+    else:
+        overrides.append(f"model.name_or_path={folder}")
+    config = load_config(SMOKE, overrides)
+    judge = pairwise_judge(Runner(config, progress=False, log=lambda message: None))
+    assert judge.identity["name"] == judge_cache_name(str(folder)) != str(folder)
