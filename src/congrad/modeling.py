@@ -73,13 +73,7 @@ def load_model(
 
         model, tokenizer = tiny_causal_lm(seed=seed, dtype=dtype)
         return cast(Any, model).to(device).eval(), tokenizer
-    if path is None:
-        from congrad.offline_models import resolve_model_path
-
-        check_model_source(config.name_or_path)
-        source = resolve_model_path(config.name_or_path)
-    else:
-        source = str(path)
+    source = seed_model_source(config.name_or_path) if path is None else str(path)
     tokenizer = load_tokenizer(config, source)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -88,6 +82,16 @@ def load_model(
     except OSError as error:  # transformers reports missing files and hub failures so
         raise _load_error(source, error) from None
     return cast(Any, model).to(device).eval(), tokenizer
+
+
+def seed_model_source(name_or_path: str) -> str:
+    """The folder or hub id from_pretrained loads the seed model from (an offline alias
+    resolved to its cached folder), after :func:`check_model_source`. Not ``tiny-random``,
+    which is built in memory."""
+    from congrad.offline_models import resolve_model_path
+
+    check_model_source(name_or_path)
+    return resolve_model_path(name_or_path)
 
 
 def load_tokenizer(config: ModelConfig, source: str | Path) -> Any:

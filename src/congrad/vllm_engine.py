@@ -136,14 +136,11 @@ def model_folder(runner: Runner, trained_round: int) -> str:
     config = runner.config
     if trained_round > 0:
         return str(runner.folder(trained_round) / "model")
-    from congrad.modeling import TINY_RANDOM, check_model_source
+    from congrad.modeling import TINY_RANDOM, seed_model_source
 
     if config.model.name_or_path == TINY_RANDOM:
         return str(_saved_tiny_random(runner))
-    from congrad.offline_models import resolve_model_path
-
-    check_model_source(config.model.name_or_path)
-    return resolve_model_path(config.model.name_or_path)
+    return seed_model_source(config.model.name_or_path)
 
 
 def _saved_tiny_random(runner: Runner) -> Path:
