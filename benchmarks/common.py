@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from congrad import GradientEMA, PreferencePair, collate_pairs, encode_pair, lp_dpo_loss
-from congrad.losses import sequence_logps
+from congrad.core.losses import sequence_logps
 
 LANGS = [
     "en",
@@ -105,12 +105,12 @@ WORDS = {
 def load_model(name: str) -> tuple[Any, Any]:
     """``tiny`` (random), ``smollm2`` (offline wheel) or a local HF model folder."""
     if name == "tiny":
-        from congrad.testing import tiny_causal_lm
+        from congrad.models.tiny import tiny_causal_lm
 
         return tiny_causal_lm(seed=0, hidden_size=128, num_layers=4)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from congrad.offline_models import resolve_model_path
+    from congrad.models.offline import resolve_model_path
 
     path = resolve_model_path(name)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)

@@ -38,8 +38,8 @@ _PROBABILITY = re.compile(r"p\((A|B|tie)\)=([0-9.eE+-]+)")
 
 
 def run_study(output: Path) -> None:
-    from congrad.compare import run_comparison
-    from congrad.config import load_config
+    from congrad.config.run import load_config
+    from congrad.tools.compare import run_comparison
 
     config = load_config(None, [f"output_dir={output}", *OVERRIDES])
     run_comparison(config, list(STRATEGIES), seeds=1, keeps=None, progress=True)

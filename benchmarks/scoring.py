@@ -41,8 +41,8 @@ from common import (
     make_pairs,
 )
 from congrad import GradientEMA, encode_pair, score_pairs, tracked_linears
-from congrad.consensus import Consensus
-from congrad.reference import per_pair_gradient
+from congrad.core.consensus import Consensus
+from congrad.core.reference import per_pair_gradient
 
 
 def run_phase(args: argparse.Namespace) -> dict[str, object]:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from congrad import GradientEMA, PreferencePair, collate_pairs, encode_pair, lp_dpo_loss
-from congrad.losses import sequence_logps
-from congrad.testing import tiny_causal_lm
+from congrad.core.losses import sequence_logps
+from congrad.models.tiny import tiny_causal_lm
 
 LANGS = ("en", "de", "zh")
 TEXTS = {
@@ -40,7 +40,7 @@ def make_pairs(count: int = 9) -> list[PreferencePair]:
 def write_preference_file(path, pairs: list[PreferencePair]) -> None:
     """``pairs`` as a preference dataset file (``id, lang, prompt, chosen, rejected``), the
     input of ``congrad filter --dataset``."""
-    from congrad.artifacts import write_jsonl
+    from congrad.data.artifacts import write_jsonl
 
     columns = ("lang", "prompt", "chosen", "rejected")
     write_jsonl(path, ({"id": p.pair_id, **{c: getattr(p, c) for c in columns}} for p in pairs))

@@ -25,11 +25,11 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # conftest's make_pairs
 
 from conftest import make_pairs
-from congrad import distributed
-from congrad.config import EMAConfig, TrainConfig
-from congrad.scoring import score_pairs
-from congrad.testing import tiny_causal_lm
-from congrad.train import train_round
+from congrad.config.run import EMAConfig, TrainConfig
+from congrad.core.scoring import score_pairs
+from congrad.models.tiny import tiny_causal_lm
+from congrad.parallel import distributed
+from congrad.rounds.train import train_round
 
 
 def main(
@@ -38,8 +38,8 @@ def main(
     torch.manual_seed(0)
     model, tokenizer = tiny_causal_lm(seed=0)
     if lora:  # a fresh, fixed-seed adapter: the EMA and the scores track its A and B
-        from congrad.config import LoRAConfig
-        from congrad.lora import attach_adapter
+        from congrad.config.run import LoRAConfig
+        from congrad.models.lora import attach_adapter
 
         model = attach_adapter(model, LoRAConfig(enabled=True, r=4, alpha=8, dropout=0.0))
     if fsdp:  # FSDP2 by hand, as accelerate's fsdp_version 2 does: each block, then the root
@@ -74,7 +74,7 @@ def main(
     ema.save(out / f"ema.{me}.safetensors")
     if distributed.is_main():
         if gathered:  # as the train stage saves M_t: the engine's model, the gathered weights
-            from congrad.train import save_round_model
+            from congrad.rounds.train import save_round_model
 
             save_round_model(model, tokenizer, out / "model", state_dict=weights)
         weights = {name: weights[name].contiguous() for name, _ in model.named_parameters()}

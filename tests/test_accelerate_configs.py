@@ -12,8 +12,8 @@ import pytest
 from accelerate.commands.config.config_args import ClusterConfig
 from accelerate.utils import DistributedType
 
-from congrad import zero
-from congrad.config import TrainConfig
+from congrad.config.run import TrainConfig
+from congrad.parallel import zero
 from tests.conftest import accelerate_launch_environment
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "accelerate").glob("*.yaml"))
@@ -39,7 +39,7 @@ def test_accelerate_reads_the_config_and_it_asks_for_what_congrad_supports(path)
     elif path.stem.startswith("zero"):
         assert config.distributed_type == DistributedType.DEEPSPEED
         assert config.deepspeed_config["zero_stage"] == int(path.stem[4])
-        assert config.deepspeed_config["gradient_accumulation_steps"] == 1  # congrad.zero
+        assert config.deepspeed_config["gradient_accumulation_steps"] == 1  # congrad.parallel.zero
         assert config.deepspeed_config["zero3_init_flag"] is False  # models load whole
         if machines > 1:  # each machine runs accelerate launch itself, as with DDP
             assert config.deepspeed_config["deepspeed_multinode_launcher"] == "standard"

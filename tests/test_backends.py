@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from congrad.backends import HFBackend, SamplingParams, _SeededSampler
+from congrad.backends.generation import HFBackend, SamplingParams, _SeededSampler
 
 
 def test_seeded_sampler_draws_from_the_tempered_top_p_distribution():

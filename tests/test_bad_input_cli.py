@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from congrad import artifacts
-from congrad.artifacts import read_jsonl, read_manifest
 from congrad.cli import main
-from congrad.config import load_config
-from congrad.loop import Runner
+from congrad.config.run import load_config
+from congrad.data import artifacts
+from congrad.data.artifacts import read_jsonl, read_manifest
+from congrad.pipeline.runner import Runner
 from tests.fake_openai import FakeOpenAIServer
 
 SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
@@ -354,7 +354,7 @@ class _FillingFile:
 
 
 def _fill_disk(monkeypatch: pytest.MonkeyPatch, room: int, code: int = errno.ENOSPC) -> None:
-    """Make every file congrad.artifacts opens for writing fail after ``room`` characters
+    """Make every file congrad.data.artifacts opens for writing fail after ``room`` characters
     (the ``open`` its JSONL writers call: write_jsonl into atomic_path's temporary file)."""
 
     def failing_open(file, mode="r", *args, **kwargs):

@@ -11,7 +11,8 @@ import random
 import numpy as np
 import pytest
 
-from congrad.bench.interference_data import (
+from congrad.data.encoding import encode_pair
+from congrad.tools.interference.data import (
     EVAL_KINDS,
     InterferenceSpec,
     attribute_sets,
@@ -20,14 +21,13 @@ from congrad.bench.interference_data import (
     symbol_word,
     vocabulary,
 )
-from congrad.bench.metrics import (
+from congrad.tools.interference.metrics import (
     kept_precision,
     mean_interval,
     preference_accuracy,
     separation_auc,
 )
-from congrad.bench.model import build_tokenizer
-from congrad.encoding import encode_pair
+from congrad.tools.interference.model import build_tokenizer
 
 SMALL = InterferenceSpec(warmup_pairs=20, candidate_pairs=40, eval_pairs=10, pretrain_texts=8)
 
@@ -197,7 +197,7 @@ def test_mean_interval_matches_a_slow_bootstrap_and_is_seeded():
     assert mean == pytest.approx(0.55)
     assert (mean, low, high) == mean_interval(values, seed=3, label="x", resamples=500)
     # slow reference: the same generator draw by draw
-    from congrad.lowrank import stable_seed
+    from congrad.core.lowrank import stable_seed
 
     rng = np.random.default_rng(stable_seed(3, "mean_interval", "x"))
     draws = rng.integers(0, len(values), size=(500, len(values)))
@@ -213,8 +213,8 @@ def test_mean_interval_matches_a_slow_bootstrap_and_is_seeded():
 
 @pytest.mark.slow
 def test_quick_cli_run_writes_consistent_artifacts(tmp_path, capsys):
-    from congrad.bench.cli import quick_config
     from congrad.cli import main
+    from congrad.tools.interference.cli import quick_config
 
     output = tmp_path / "bench"
     assert main(["bench", "interference", "--quick", "--output", str(output)]) == 0

@@ -8,16 +8,16 @@ import pytest
 import torch
 
 from congrad import GradientEMA, score_pairs
-from congrad.checkpointing import (
+from congrad.config.run import EMAConfig, LoRAConfig, TrainConfig
+from congrad.core.losses import lp_dpo_loss, sequence_logps
+from congrad.data.encoding import collate_pairs, encode_pair
+from congrad.models.checkpointing import (
     checkpointing_disabled,
     enable_gradient_checkpointing,
     is_checkpointing,
 )
-from congrad.config import EMAConfig, LoRAConfig, TrainConfig
-from congrad.encoding import collate_pairs, encode_pair
-from congrad.losses import lp_dpo_loss, sequence_logps
-from congrad.testing import tiny_causal_lm
-from congrad.train import train_round
+from congrad.models.tiny import tiny_causal_lm
+from congrad.rounds.train import train_round
 
 from .conftest import fill_ema, make_pairs
 
@@ -51,7 +51,7 @@ def _count_calls(model, name: str) -> list[int]:
 
 
 def _lora(model):
-    from congrad.lora import attach_adapter
+    from congrad.models.lora import attach_adapter
 
     pytest.importorskip("peft")
     return attach_adapter(model, LoRAConfig(enabled=True, r=4, alpha=8.0))

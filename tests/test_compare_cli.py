@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from congrad.artifacts import read_jsonl
 from congrad.cli import main
+from congrad.data.artifacts import read_jsonl
 from tests.fake_openai import FakeOpenAIServer
 from tests.test_evaluate_cli import KEY_VARIABLE, SECRET, SMOKE, _hand_win_rates, fake_verdict
 

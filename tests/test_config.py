@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from congrad.config import (
+from congrad.config.run import (
     ConfigError,
     RunConfig,
     Strategy,
@@ -100,7 +100,7 @@ def test_every_shipped_config_validates(path):
 
 
 def test_every_field_is_documented_in_code_and_readme():
-    from congrad.config import _valid_keys
+    from congrad.config.run import _valid_keys
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for key in _valid_keys():

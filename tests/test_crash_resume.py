@@ -35,12 +35,12 @@ import pytest
 import yaml
 
 import congrad
-from congrad.artifacts import read_jsonl
-from congrad.atomic import remove_stale_temporaries, write_text_atomic
 from congrad.cli import main
-from congrad.config import load_config
-from congrad.eval_stages import load_eval_prompts
-from congrad.loop import Runner
+from congrad.config.run import load_config
+from congrad.data.artifacts import read_jsonl
+from congrad.pipeline.eval_stages import load_eval_prompts
+from congrad.pipeline.runner import Runner
+from congrad.util.atomic import remove_stale_temporaries, write_text_atomic
 
 SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
 OVERRIDES = (

@@ -22,16 +22,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from congrad import distributed
-from congrad.artifacts import read_jsonl
-from congrad.config import Strategy
-from congrad.records import PairScore, PreferencePair
-from congrad.selection import select_pairs, strategy_scores
+from congrad.config.run import Strategy
+from congrad.core.selection import select_pairs, strategy_scores
+from congrad.data.artifacts import read_jsonl
+from congrad.data.records import PairScore, PreferencePair
+from congrad.parallel import distributed
 from tests.conftest import accelerate_launch_environment, make_pairs, write_preference_file
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "distributed_worker.py"
-VLLM_CLI = ROOT / "tests" / "vllm_cli.py"  # congrad.cli with the fake vllm installed
+VLLM_CLI = ROOT / "tests" / "vllm_cli.py"  # congrad.cli.main with the fake vllm installed
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
 
@@ -360,7 +360,7 @@ def test_standalone_filter_on_two_processes_selects_what_one_process_selects(tmp
         ("MULTI_CPU", None, False),
         ("FSDP", 2, False),
         ("FSDP", 1, True),
-        ("DEEPSPEED", None, False),  # congrad.zero reads its partitioned gradients
+        ("DEEPSPEED", None, False),  # congrad.parallel.zero reads its partitioned gradients
     ],
 )
 def test_training_refuses_engines_that_hide_the_per_minibatch_gradient(kind, fsdp_version, refused):
@@ -368,7 +368,7 @@ def test_training_refuses_engines_that_hide_the_per_minibatch_gradient(kind, fsd
 
     from accelerate.utils import DistributedType
 
-    from congrad.train import _uses_deepspeed
+    from congrad.rounds.train import _uses_deepspeed
 
     plugin = None if fsdp_version is None else SimpleNamespace(fsdp_version=fsdp_version)
     accelerator = SimpleNamespace(

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from congrad.artifacts import read_jsonl, read_manifest
 from congrad.cli import main
+from congrad.data.artifacts import read_jsonl, read_manifest
 from tests.fake_openai import FakeOpenAIServer
 
 SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")

@@ -1,9 +1,10 @@
 """Fuzzing the parsers and loaders: whatever the input, a value or congrad's own error.
 
-The judge parsers (:func:`~congrad.judge.parse_score`, :func:`~congrad.pairwise.parse_verdict`)
+The judge parsers (:func:`~congrad.rounds.self_judge.parse_score`,
+:func:`~congrad.evaluation.pairwise.parse_verdict`)
 return their failure as a value and never raise. The record loaders (prompts, preference
 pairs, multiple-choice questions) return records that keep their rules or raise the loader's
-own :class:`~congrad.tables.DataError` subclass naming the file; the config loader returns a
+own :class:`~congrad.data.tables.DataError` subclass naming the file; the config loader returns a
 ``RunConfig`` or raises ``ConfigError``, and ``congrad show-config`` exits 0 or 2. Any other
 exception (KeyError, TypeError, UnicodeDecodeError, RecursionError, a pyarrow error) is a bug.
 
@@ -33,13 +34,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from congrad.cli import main
-from congrad.config import ConfigError, RunConfig, _valid_keys, load_config
-from congrad.judge import MAX_SCORE, parse_score
-from congrad.mcq import LETTERS, MCQDataError, load_mcq_files
-from congrad.pairs_io import PairDataError, load_pair_files
-from congrad.pairwise import VERDICT_LABELS, Verdict, parse_verdict
-from congrad.prompts import PromptDataError, load_prompt_files
-from congrad.tables import DataError
+from congrad.config.run import ConfigError, RunConfig, _valid_keys, load_config
+from congrad.data.preference_files import PairDataError, load_pair_files
+from congrad.data.prompts import PromptDataError, load_prompt_files
+from congrad.data.tables import DataError
+from congrad.evaluation.mcq import LETTERS, MCQDataError, load_mcq_files
+from congrad.evaluation.pairwise import VERDICT_LABELS, Verdict, parse_verdict
+from congrad.rounds.self_judge import MAX_SCORE, parse_score
 
 FAST = settings(max_examples=300, deadline=None)
 # Each example writes and reads a file: fewer of them, and slow ones are expected.

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from congrad import GradientEMA, tracked_linears
-from congrad.testing import tiny_causal_lm
+from congrad.models.tiny import tiny_causal_lm
 
 from .conftest import fill_ema
 

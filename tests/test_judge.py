@@ -11,9 +11,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from congrad.backends import Generation, HFBackend
-from congrad.config import JudgeConfig
-from congrad.judge import (
+from congrad.backends.generation import Generation, HFBackend
+from congrad.config.run import JudgeConfig
+from congrad.core.lowrank import stable_seed
+from congrad.data.records import Completion, Judgment
+from congrad.rounds.self_judge import (
     MIN_MASS,
     RUBRIC,
     expected_score,
@@ -24,8 +26,6 @@ from congrad.judge import (
     parse_score,
     score_candidates,
 )
-from congrad.lowrank import stable_seed
-from congrad.records import Completion, Judgment
 
 SEED = 7
 
@@ -324,7 +324,7 @@ def test_judge_completions_dispatches_and_keeps_order():
 
 @pytest.fixture(scope="module")
 def tiny_backend():
-    from congrad.testing import tiny_causal_lm
+    from congrad.models.tiny import tiny_causal_lm
 
     model, tokenizer = tiny_causal_lm(seed=0)
     return HFBackend(model, tokenizer, batch_size=4)

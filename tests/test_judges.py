@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from congrad.artifacts import ArtifactError
-from congrad.backends import HFBackend
+from congrad.backends.generation import HFBackend
+from congrad.data.artifacts import ArtifactError
 from congrad.errors import USER_ERRORS
-from congrad.judges import (
+from congrad.evaluation.judges import (
     JudgeReply,
     JudgeSetupError,
     JudgeUnavailable,
@@ -25,7 +25,7 @@ from congrad.judges import (
     cache_key,
     judge_prompts,
 )
-from congrad.pairwise import (
+from congrad.evaluation.pairwise import (
     VERDICT_LABELS,
     Verdict,
     pairwise_prompt,
@@ -368,7 +368,7 @@ class _RecordingBatchedJudge:
         self.batches: list[tuple[str, ...]] = []
 
     def complete(self, prompts, on_reply):
-        from congrad.judges import batches_by_length
+        from congrad.evaluation.judges import batches_by_length
 
         replies = {}
         for batch in batches_by_length(prompts, self.batch_size):
@@ -405,7 +405,7 @@ def test_a_local_judge_folder_is_named_by_its_weights_so_replaced_weights_get_ne
 ):
     import os
 
-    from congrad.eval_stages import judge_cache_name
+    from congrad.pipeline.eval_stages import judge_cache_name
 
     folder = tmp_path / "judge"
     folder.mkdir()
@@ -433,10 +433,10 @@ def test_a_local_judge_folder_is_named_by_its_weights_so_replaced_weights_get_ne
 def test_the_configured_local_judge_names_its_folders_weights(tmp_path, backend):
     # evaluate.judge.backend=hf (a judge model folder) or self (the seed model's folder):
     # what pairwise_judge builds carries the weights' stamps into its cache identity.
-    from congrad.config import load_config
-    from congrad.eval_stages import judge_cache_name, pairwise_judge
-    from congrad.loop import Runner
-    from congrad.testing import tiny_causal_lm
+    from congrad.config.run import load_config
+    from congrad.models.tiny import tiny_causal_lm
+    from congrad.pipeline.eval_stages import judge_cache_name, pairwise_judge
+    from congrad.pipeline.runner import Runner
 
     folder = tmp_path / "model"
     model, tokenizer = tiny_causal_lm(seed=0)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from congrad.artifacts import PartialLog, read_jsonl, read_manifest
 from congrad.cli import main
-from congrad.loop import STAGES
+from congrad.data.artifacts import PartialLog, read_jsonl, read_manifest
+from congrad.pipeline.runner import STAGES
 
 SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
 
@@ -200,8 +200,8 @@ def test_no_pairs_at_all_stops_clearly_and_keeps_earlier_work(tmp_path, capsys):
 
 
 def test_interrupted_generation_resumes_to_the_same_result(tmp_path):
-    from congrad.config import load_config
-    from congrad.loop import Runner
+    from congrad.config.run import load_config
+    from congrad.pipeline.runner import Runner
 
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     for folder in (whole, resumed):
@@ -233,8 +233,8 @@ def test_missing_model_is_refused_before_any_stage(tmp_path, capsys):
 def test_summary_leaves_out_what_a_stale_stage_wrote(smoke_run, tmp_path):
     import shutil
 
-    from congrad.config import load_config
-    from congrad.summary import build_summary
+    from congrad.config.run import load_config
+    from congrad.pipeline.summary import build_summary
 
     folder = tmp_path / "copy"
     shutil.copytree(smoke_run, folder)

@@ -1,4 +1,5 @@
-"""LoRA rounds (congrad.lora): fixed-seed adapters, tracked A/B matrices, exact scores, merge."""
+"""LoRA rounds (congrad.models.lora): fixed-seed adapters, tracked A/B matrices, exact scores,
+merge."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import pytest
 import torch
 
 from congrad import GradientEMA, score_pairs
-from congrad.config import LoRAConfig, load_config
-from congrad.gradient_ema import tracked_linears
-from congrad.lora import (
+from congrad.config.run import LoRAConfig, load_config
+from congrad.core.gradient_ema import tracked_linears
+from congrad.core.reference import pair_loss, per_pair_scores
+from congrad.models.lora import (
     LORA_INCLUDE,
     LoRAError,
     adapter_attached,
@@ -21,8 +23,7 @@ from congrad.lora import (
     has_adapter,
     merge_adapter,
 )
-from congrad.reference import pair_loss, per_pair_scores
-from congrad.testing import tiny_causal_lm
+from congrad.models.tiny import tiny_causal_lm
 
 from .conftest import fill_ema, make_pairs
 

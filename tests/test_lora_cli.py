@@ -10,10 +10,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from congrad.artifacts import read_jsonl
 from congrad.cli import main
-from congrad.config import load_config
-from congrad.records import PreferencePair
+from congrad.config.run import load_config
+from congrad.data.artifacts import read_jsonl
+from congrad.data.records import PreferencePair
 
 pytest.importorskip("peft")
 
@@ -30,7 +30,7 @@ def lora_run(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_rounds_track_lora_matrices_and_save_plain_merged_models(lora_run):
-    from congrad.testing import tiny_causal_lm
+    from congrad.models.tiny import tiny_causal_lm
 
     for r in (1, 2):
         with safe_open(str(lora_run / f"round_{r}" / "ema.safetensors"), "pt") as handle:
@@ -52,10 +52,10 @@ def test_rounds_track_lora_matrices_and_save_plain_merged_models(lora_run):
 @pytest.mark.slow
 def test_round_two_filters_by_congrad_scores_over_lora_matrices(lora_run):
     from congrad import score_pairs
-    from congrad.gradient_ema import GradientEMA
-    from congrad.lora import attach_adapter
-    from congrad.modeling import load_model
-    from congrad.pcgrad import seeded_orders
+    from congrad.core.gradient_ema import GradientEMA
+    from congrad.core.pcgrad import seeded_orders
+    from congrad.models.loading import load_model
+    from congrad.models.lora import attach_adapter
 
     folder = lora_run / "round_2"
     scores = {row["pair_id"]: row for row in read_jsonl(folder / "scores.jsonl")}
@@ -104,8 +104,8 @@ def test_missing_peft_is_a_clear_error_before_any_work(tmp_path, monkeypatch, ca
 
 @pytest.mark.slow
 def test_standalone_filter_scores_over_a_fresh_adapter(tmp_path):
-    from congrad.lora import attach_adapter
-    from congrad.testing import tiny_causal_lm
+    from congrad.models.lora import attach_adapter
+    from congrad.models.tiny import tiny_causal_lm
 
     from .conftest import make_pairs, write_preference_file
 
@@ -115,7 +115,7 @@ def test_standalone_filter_scores_over_a_fresh_adapter(tmp_path):
     args = ["filter", "--dataset", str(tmp_path / "prefs.jsonl"), "--output", str(out), "--quiet"]
     overrides = ["model.name_or_path=tiny-random", "ema.rank=4", "train.batch_size=2", *LORA[:2]]
     assert main([*args, *overrides]) == 0
-    from congrad.gradient_ema import GradientEMA
+    from congrad.core.gradient_ema import GradientEMA
 
     config = load_config(None, overrides)
     model = attach_adapter(tiny_causal_lm(seed=0)[0], config.model.lora)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from congrad import LowRankEMA
-from congrad.reference import DenseEMA
+from congrad.core.reference import DenseEMA
 
 
 def _stream(shape, steps, seed, signal_rank=3, noise=0.0):

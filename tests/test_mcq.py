@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from congrad.mcq import (
+from congrad.evaluation.mcq import (
     LETTERS,
     MCQDataError,
     MCQResult,
@@ -379,7 +379,7 @@ def test_ties_go_to_the_first_choice(tiny):
 def test_bos_is_prepended_when_the_tokenizer_adds_one():
     from tokenizers import processors
 
-    from congrad.testing import tiny_tokenizer
+    from congrad.models.tiny import tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
     bos = tokenizer.bos_token_id

@@ -1,4 +1,4 @@
-"""Tests for congrad.offline_models: wheel checks, the cache rules and a real SmolLM2 conversion."""
+"""Tests for congrad.models.offline: wheel checks, the cache rules and a real SmolLM2 conversion."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-import congrad.gguf_convert as gguf_convert
-import congrad.offline_models as om
+import congrad.models.gguf_convert as gguf_convert
+import congrad.models.offline as om
 
 FAKE_GGUF = b"GGUF" + b"\x00" * 60 + b"not really a model"
 
@@ -260,7 +260,7 @@ def test_real_smollm2_conversion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     # ...and in a fresh interpreter the cache hit does not import transformers or gguf.
     code = (
         "import sys; from pathlib import Path\n"
-        "from congrad.offline_models import ensure_offline_model\n"
+        "from congrad.models.offline import ensure_offline_model\n"
         "print(ensure_offline_model(cache_dir=Path(sys.argv[1])))\n"
         "heavy = [m for m in ('transformers', 'gguf') if m in sys.modules]\n"
         "assert not heavy, heavy\n"

@@ -1,6 +1,6 @@
 """External preference pairs: every format, every bad-input message, stable ids, fuzzing.
 
-Also covers the shared readers in congrad.tables where pairs exercise what prompts do not:
+Also covers the shared readers in congrad.data.tables where pairs exercise what prompts do not:
 scores, long column names, line breaks other than \\n, and error types.
 """
 
@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from congrad.pairs_io import PairDataError, derive_pair_id, load_pair_files
-from congrad.prompts import PromptDataError
-from congrad.records import PreferencePair
-from congrad.tables import DataError, optional_number, read_rows, reraise_as
+from congrad.data.preference_files import PairDataError, derive_pair_id, load_pair_files
+from congrad.data.prompts import PromptDataError
+from congrad.data.records import PreferencePair
+from congrad.data.tables import DataError, optional_number, read_rows, reraise_as
 
 COLUMNS = ["id", "lang", "prompt", "chosen", "rejected", "chosen_score", "rejected_score"]
 REQUIRED = ["lang", "prompt", "chosen", "rejected"]

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from congrad.config import Strategy
-from congrad.pairs import build_pairs
-from congrad.records import Completion, Judgment, PreferencePair
-from congrad.selection import keep_count, select_pairs, strategy_scores
+from congrad.config.run import Strategy
+from congrad.core.selection import keep_count, select_pairs, strategy_scores
+from congrad.data.records import Completion, Judgment, PreferencePair
+from congrad.rounds.pairs import build_pairs
 
 
 def _completion(prompt_id, index, lang="en", text=None):
@@ -171,8 +171,8 @@ def test_selection_keeps_ceil_rho_n_per_language(langs, rho, seed, strategy):
 
 
 def test_rand_draw_follows_filter_seed_and_defaults_to_the_run_seed():
-    from congrad.config import load_config
-    from congrad.filtering import filter_pairs
+    from congrad.config.run import load_config
+    from congrad.rounds.filtering import filter_pairs
 
     pairs = [PreferencePair(f"p{i}", "en", "q", "a", "b") for i in range(40)]
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from congrad.pairwise import (
+from congrad.evaluation.pairwise import (
     PAIRWISE_PROMPT,
     VERDICT_LABELS,
     Verdict,

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from congrad import pcgrad_weights, seeded_orders
-from congrad.pcgrad import pcgrad_coefficients
-from congrad.reference import flat_pcgrad
+from congrad.core.pcgrad import pcgrad_coefficients
+from congrad.core.reference import flat_pcgrad
 
 
 def _consensus(vectors, orders=None):

@@ -9,8 +9,8 @@ import torch
 
 from congrad import GradientEMA
 from congrad.cli import main
-from congrad.planning import PlanError, memory_plan, read_model_config
-from congrad.testing import tiny_causal_lm
+from congrad.models.tiny import tiny_causal_lm
+from congrad.tools.memory_plan import PlanError, memory_plan, read_model_config
 
 # Key names and values as in the models' config.json files on the hub (subsets).
 GEMMA2_2B = {
@@ -195,7 +195,7 @@ def test_smollm2_needs_fetch_model(tmp_path, monkeypatch):
 
 
 def test_per_gpu_shares_by_hand():
-    from congrad.cluster_plan import per_gpu_bytes
+    from congrad.tools.cluster_plan import per_gpu_bytes
 
     plan = memory_plan(TINY, rank=2, languages=3, batch_size=4, max_length=8, dtype_bytes=2)
     weights, grads, adam, masters, ema = 568, 568, 2272, 1136, 3 * 512  # test above, x 1

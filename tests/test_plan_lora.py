@@ -7,9 +7,9 @@ import torch
 
 from congrad import GradientEMA
 from congrad.cli import main
-from congrad.config import LoRAConfig
-from congrad.planning import PlanError, memory_plan
-from congrad.testing import tiny_causal_lm
+from congrad.config.run import LoRAConfig
+from congrad.models.tiny import tiny_causal_lm
+from congrad.tools.memory_plan import PlanError, memory_plan
 
 from .test_plan import LLAMA3_8B, TINY, _model_folder
 
@@ -51,7 +51,7 @@ def test_checkpointed_activations_by_hand():
 
 def test_lora_plan_matches_the_real_lora_ema():
     pytest.importorskip("peft")
-    from congrad.lora import attach_adapter
+    from congrad.models.lora import attach_adapter
 
     model, _ = tiny_causal_lm(seed=0)
     lora = LoRAConfig(enabled=True, r=8, target_modules=["q_proj", "k_proj", "down_proj"])

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from congrad import plots
+from congrad.reporting import plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -77,14 +77,15 @@ def test_rewrite_replaces_the_file(tmp_path):
 
 
 def test_import_does_not_load_matplotlib():
-    code = "import sys, congrad.plots; print('matplotlib' in sys.modules)"
+    code = "import sys, congrad.reporting.plots; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
 def test_plotting_leaves_the_pyplot_backend_alone():
     code = (
-        "import matplotlib; matplotlib.use('svg'); import tempfile, pathlib, congrad.plots as p;"
+        "import matplotlib; matplotlib.use('svg'); import tempfile, pathlib;"
+        "import congrad.reporting.plots as p;"
         "d = pathlib.Path(tempfile.mkdtemp());"
         "p.plot_keep_sweep({'a': [(0.5, 0.6)]}, d / 'k.png', title='t');"
         "print(matplotlib.get_backend())"

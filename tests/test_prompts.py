@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from congrad.prompts import (
+from congrad.data.prompts import (
     BUILTIN_EVAL_LANGUAGES,
     BUILTIN_TRAIN_LANGUAGES,
     PromptDataError,
@@ -23,7 +23,7 @@ from congrad.prompts import (
     load_prompt_files,
     partition_rounds,
 )
-from congrad.records import PromptRecord
+from congrad.data.records import PromptRecord
 
 # Rows that stress every format: commas, quotes, a line break, non-Latin scripts, padding.
 ROWS = [
@@ -137,7 +137,7 @@ def test_builtin_language_filter_and_errors():
 
 
 def test_builtin_data_files_are_utf8_jsonl_with_exactly_three_fields():
-    folder = Path(__file__).parents[1] / "src" / "congrad" / "data" / "prompts"
+    folder = Path(__file__).parents[1] / "src" / "congrad" / "data" / "builtin" / "prompts"
     for split in ("train", "eval"):
         for line in (folder / f"{split}.jsonl").read_text("utf-8").splitlines():
             assert set(json.loads(line)) == {"id", "lang", "prompt"}

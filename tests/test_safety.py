@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from congrad.config import ConfigError, RunConfig, load_config
+from congrad.config.run import ConfigError, RunConfig, load_config
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "congrad"
 
@@ -82,7 +82,7 @@ def _fields(model: type[BaseModel], prefix: str = ""):
 
 
 # Free-form mappings (typed Any) whose values a validator restricts to YAML's plain data
-# (congrad.config_base.check_plain_data); checked below that an object is refused.
+# (congrad.config.base.check_plain_data); checked below that an object is refused.
 PLAIN_DATA_CHECKED = {"generate.vllm.engine_args"}
 
 
@@ -123,7 +123,7 @@ def test_yaml_python_tags_are_refused(tmp_path):
 
 def test_remote_code_is_off_unless_turned_on(monkeypatch, tmp_path):
     assert load_config().model.trust_remote_code is False
-    from congrad import modeling
+    from congrad.models import loading as modeling
 
     seen: list[bool] = []
 
@@ -145,7 +145,7 @@ def test_remote_code_is_off_unless_turned_on(monkeypatch, tmp_path):
 def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     import os
 
-    from congrad.atomic import write_text_atomic
+    from congrad.util.atomic import write_text_atomic
 
     mask = os.umask(0)
     os.umask(mask)

@@ -1,4 +1,4 @@
-"""Training schedules: mixed, uab and lcl (congrad.schedules)."""
+"""Training schedules: mixed, uab and lcl (congrad.rounds.schedules)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from collections import Counter
 
 import pytest
 
-from congrad.records import PreferencePair
-from congrad.schedules import (
+from congrad.data.records import PreferencePair
+from congrad.rounds.schedules import (
     dominant_languages,
     lcl_schedule,
     uab_probabilities,
     uab_schedule,
 )
-from congrad.train import language_schedule
+from congrad.rounds.train import language_schedule
 
 
 def _pairs(counts: dict[str, int], margins: dict[str, float] | None = None) -> list[PreferencePair]:

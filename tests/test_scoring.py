@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from congrad import GradientEMA, score_pairs, seeded_orders
-from congrad.reference import per_pair_scores
-from congrad.testing import tiny_causal_lm
+from congrad.core.reference import per_pair_scores
+from congrad.models.tiny import tiny_causal_lm
 
 from .conftest import fill_ema, make_pairs
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-from congrad.artifacts import read_jsonl, read_manifest
 from congrad.cli import main
-from congrad.gradient_ema import GradientEMA
-from congrad.testing import tiny_causal_lm
+from congrad.core.gradient_ema import GradientEMA
+from congrad.data.artifacts import read_jsonl, read_manifest
+from congrad.models.tiny import tiny_causal_lm
 
 from .conftest import make_pairs, write_preference_file
 

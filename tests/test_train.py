@@ -13,11 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from congrad import PreferencePair, collate_pairs, encode_pair, lp_dpo_loss
-from congrad.config import EMAConfig, TrainConfig
-from congrad.encoding import pad_token_id_of
-from congrad.losses import sequence_logps
-from congrad.reference import per_pair_gradient
-from congrad.train import language_schedule, reference_logps, save_round_model, train_round
+from congrad.config.run import EMAConfig, TrainConfig
+from congrad.core.losses import sequence_logps
+from congrad.core.reference import per_pair_gradient
+from congrad.data.encoding import pad_token_id_of
+from congrad.rounds.train import language_schedule, reference_logps, save_round_model, train_round
 
 from .conftest import make_pairs
 from .tolerances import assert_close_in_norm, float32_budget
@@ -261,7 +261,7 @@ def test_accumulation_equals_a_larger_minibatch(tiny):
 def test_fp16_loss_scale_is_divided_out_exactly_and_overflow_is_flagged():
     # No GradScaler on CPU, so the fp16 helpers are checked directly: the scale (a power of
     # two) divides out exactly, and a window's sum is the mean of its minibatches.
-    from congrad.train import _accumulate, _unscale
+    from congrad.rounds.train import _accumulate, _unscale
 
     weight = torch.nn.Parameter(torch.zeros(3))
     running: list = [None]

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from congrad.artifacts import read_jsonl
-from congrad.backends import HFBackend, SamplingParams, VLLMBackend
+from congrad.backends.generation import HFBackend, SamplingParams, VLLMBackend
+from congrad.backends.vllm_engine import VLLMUnavailable, engine_args
 from congrad.cli import main
-from congrad.config import ConfigError, load_config
-from congrad.lowrank import stable_seed
-from congrad.vllm_engine import VLLMUnavailable, engine_args
+from congrad.config.run import ConfigError, load_config
+from congrad.core.lowrank import stable_seed
+from congrad.data.artifacts import read_jsonl
 
 from .fake_vllm import install
 
@@ -33,8 +33,8 @@ def fake(monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
     """The tiny model saved as a folder, as vLLM loads models, and reloaded for hf."""
-    from congrad.testing import tiny_causal_lm
-    from congrad.train import save_round_model
+    from congrad.models.tiny import tiny_causal_lm
+    from congrad.rounds.train import save_round_model
 
     folder = tmp_path_factory.mktemp("tiny") / "model"
     model, tokenizer = tiny_causal_lm(seed=0)
@@ -48,7 +48,7 @@ def ending_folder(tmp_path_factory, tiny_folder):
     token's row of one greedy continuation (slightly scaled up), not of another's."""
     import copy
 
-    from congrad.train import save_round_model
+    from congrad.rounds.train import save_round_model
 
     _, model, tokenizer = tiny_folder
     model = copy.deepcopy(model)
@@ -136,7 +136,7 @@ def test_bad_vllm_settings_are_refused_naming_the_key(override, message):
 
 
 def test_hf_fingerprints_ignore_the_vllm_section(tmp_path):
-    from congrad.loop import Runner
+    from congrad.pipeline.runner import Runner
 
     def generate_print(*overrides: str) -> object:
         runner = Runner(load_config(SMOKE, [f"output_dir={tmp_path}", *overrides]))
@@ -222,9 +222,9 @@ def test_next_token_logprobs_are_the_hf_numbers_within_the_top_k(fake, tiny_fold
 
 @pytest.mark.slow
 def test_the_logprob_judge_scores_as_hf_when_every_token_is_returned(fake, tiny_folder):
-    from congrad.config import JudgeConfig
-    from congrad.judge import judge_completions
-    from congrad.records import Completion
+    from congrad.config.run import JudgeConfig
+    from congrad.data.records import Completion
+    from congrad.rounds.self_judge import judge_completions
 
     folder, model, tokenizer = tiny_folder
     completions = [
@@ -242,7 +242,7 @@ def test_the_logprob_judge_scores_as_hf_when_every_token_is_returned(fake, tiny_
 
 
 def test_a_top_k_without_any_digit_is_unparsed_not_a_crash(fake, tiny_folder):
-    from congrad.judge import expected_score, score_candidates
+    from congrad.rounds.self_judge import expected_score, score_candidates
 
     folder, _, tokenizer = tiny_folder
     backend = _vllm(folder, tokenizer, max_logprobs=1)
@@ -294,9 +294,9 @@ def _run(out: Path, *extra: str) -> int:
 def watched(fake, monkeypatch):
     """Events of one run: engine starts (and whether an HF model was held), HF model
     loads and training starts (and whether an engine was live)."""
-    import congrad.modeling
-    import congrad.train
-    from congrad.loop import Runner
+    import congrad.models.loading
+    import congrad.rounds.train
+    from congrad.pipeline.runner import Runner
 
     events: list[tuple] = []
     runners: list[Runner] = []
@@ -310,7 +310,7 @@ def watched(fake, monkeypatch):
     fake.on_build = lambda record: events.append(
         ("engine", record.model, all(r._model is None for r in runners))
     )
-    load_model, train_round = congrad.modeling.load_model, congrad.train.train_round
+    load_model, train_round = congrad.models.loading.load_model, congrad.rounds.train.train_round
 
     def watched_load(config, path=None, **kwargs):
         events.append(("load", None if path is None else str(path), bool(fake.live)))
@@ -320,8 +320,8 @@ def watched(fake, monkeypatch):
         events.append(("train", None, bool(fake.live)))
         return train_round(*args, **kwargs)
 
-    monkeypatch.setattr(congrad.modeling, "load_model", watched_load)
-    monkeypatch.setattr(congrad.train, "train_round", watched_train)
+    monkeypatch.setattr(congrad.models.loading, "load_model", watched_load)
+    monkeypatch.setattr(congrad.rounds.train, "train_round", watched_train)
     return events
 
 
@@ -368,7 +368,7 @@ def test_a_smoke_run_and_evaluation_with_vllm_reload_each_rounds_weights(fake, w
 
 @pytest.mark.slow
 def test_an_interrupted_vllm_generation_resumes_to_the_same_samples(fake, tmp_path, monkeypatch):
-    from congrad.artifacts import PartialLog
+    from congrad.data.artifacts import PartialLog
 
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     args = ("generate.backend=vllm", "generate.batch_size=8")
@@ -399,7 +399,7 @@ def test_an_interrupted_vllm_generation_resumes_to_the_same_samples(fake, tmp_pa
 
 
 def test_memory_settings_may_change_without_force_other_vllm_settings_may_not(tmp_path):
-    from congrad.loop import prepare_run_dir
+    from congrad.pipeline.runner import prepare_run_dir
 
     base = [f"output_dir={tmp_path}", "generate.backend=vllm"]
     prepare_run_dir(load_config(SMOKE, base))
@@ -414,7 +414,7 @@ def test_memory_settings_may_change_without_force_other_vllm_settings_may_not(tm
 
 
 def test_an_engine_is_refused_off_the_main_process(fake, monkeypatch, tmp_path):
-    from congrad.loop import Runner
+    from congrad.pipeline.runner import Runner
 
     monkeypatch.setenv("RANK", "1")
     runner = Runner(load_config(SMOKE, [f"output_dir={tmp_path}", "generate.backend=vllm"]))

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from congrad.winrate import (
+from congrad.evaluation.winrate import (
     OUTCOME_SCORE,
     VerdictRow,
     WinRate,

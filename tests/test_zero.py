@@ -1,4 +1,4 @@
-"""congrad.zero fills a DeepSpeed config for congrad's own training loop and refuses, by
+"""congrad.parallel.zero fills a DeepSpeed config for congrad's own training loop and refuses, by
 name, what that loop cannot honour. (Training itself under ZeRO 2 and 3 is compared with a
 single process in test_distributed.py.)"""
 
@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from congrad import zero
-from congrad.config import TrainConfig
+from congrad.config.run import TrainConfig
 from congrad.errors import USER_ERRORS
+from congrad.parallel import zero
 
 
 def _accelerate_defaults(stage: int) -> dict:

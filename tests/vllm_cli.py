@@ -1,4 +1,4 @@
-"""``congrad.cli`` with the fake ``vllm`` of tests/fake_vllm.py installed, for launching the
+"""``congrad.cli.main`` with the fake ``vllm`` of tests/fake_vllm.py installed, for launching the
 vLLM backend under ``torchrun`` in test_distributed.py: ``python tests/vllm_cli.py ARGS``."""
 
 from __future__ import annotations

@@ -12,21 +12,21 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "sequence_logps": "congrad.losses",
-    "lp_dpo_loss": "congrad.losses",
-    "PreferencePair": "congrad.records",
-    "PairScore": "congrad.records",
-    "EncodedPair": "congrad.encoding",
-    "PairBatch": "congrad.encoding",
-    "encode_pair": "congrad.encoding",
-    "collate_pairs": "congrad.encoding",
-    "LowRankEMA": "congrad.lowrank",
-    "GradientEMA": "congrad.gradient_ema",
-    "tracked_linears": "congrad.gradient_ema",
-    "pcgrad_weights": "congrad.pcgrad",
-    "seeded_orders": "congrad.pcgrad",
-    "Consensus": "congrad.consensus",
-    "score_pairs": "congrad.scoring",
+    "sequence_logps": "congrad.core.losses",
+    "lp_dpo_loss": "congrad.core.losses",
+    "PreferencePair": "congrad.data.records",
+    "PairScore": "congrad.data.records",
+    "EncodedPair": "congrad.data.encoding",
+    "PairBatch": "congrad.data.encoding",
+    "encode_pair": "congrad.data.encoding",
+    "collate_pairs": "congrad.data.encoding",
+    "LowRankEMA": "congrad.core.lowrank",
+    "GradientEMA": "congrad.core.gradient_ema",
+    "tracked_linears": "congrad.core.gradient_ema",
+    "pcgrad_weights": "congrad.core.pcgrad",
+    "seeded_orders": "congrad.core.pcgrad",
+    "Consensus": "congrad.core.consensus",
+    "score_pairs": "congrad.core.scoring",
 }
 
 __all__ = [
@@ -49,14 +49,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from congrad.consensus import Consensus
-    from congrad.encoding import EncodedPair, PairBatch, collate_pairs, encode_pair
-    from congrad.gradient_ema import GradientEMA, tracked_linears
-    from congrad.losses import lp_dpo_loss, sequence_logps
-    from congrad.lowrank import LowRankEMA
-    from congrad.pcgrad import pcgrad_weights, seeded_orders
-    from congrad.records import PairScore, PreferencePair
-    from congrad.scoring import score_pairs
+    from congrad.core.consensus import Consensus
+    from congrad.core.gradient_ema import GradientEMA, tracked_linears
+    from congrad.core.losses import lp_dpo_loss, sequence_logps
+    from congrad.core.lowrank import LowRankEMA
+    from congrad.core.pcgrad import pcgrad_weights, seeded_orders
+    from congrad.core.scoring import score_pairs
+    from congrad.data.encoding import EncodedPair, PairBatch, collate_pairs, encode_pair
+    from congrad.data.records import PairScore, PreferencePair
 
 
 def __getattr__(name: str) -> Any:

@@ -7,17 +7,17 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-from congrad.artifacts import ArtifactError
-from congrad.config import ConfigError
-from congrad.config_base import LoRAError
-from congrad.judges import JudgeSetupError, JudgeUnavailable
-from congrad.loop import StageFailed, StageNotReady
-from congrad.modeling import ModelLoadError
-from congrad.offline_models import OfflineModelError
-from congrad.planning import PlanError
-from congrad.tables import DataError
-from congrad.vllm_engine import VLLMUnavailable
-from congrad.zero import ZeroConfigError
+from congrad.backends.vllm_engine import VLLMUnavailable
+from congrad.config.base import LoRAError
+from congrad.config.run import ConfigError
+from congrad.data.artifacts import ArtifactError
+from congrad.data.tables import DataError
+from congrad.evaluation.judges import JudgeSetupError, JudgeUnavailable
+from congrad.models.loading import ModelLoadError
+from congrad.models.offline import OfflineModelError
+from congrad.parallel.zero import ZeroConfigError
+from congrad.pipeline.runner import StageFailed, StageNotReady
+from congrad.tools.memory_plan import PlanError
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     ArtifactError,

@@ -1,5 +1,0 @@
-"""Benchmarks that check the method's claims on this machine (``congrad bench ...``).
-
-:mod:`congrad.bench.interference`: a controlled benchmark where the conflicting pairs are
-known (synthetic languages, planted conflicts), see ``docs/evidence.md``.
-"""
