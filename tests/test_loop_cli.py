@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from congrad.cli import main
 from congrad.data.artifacts import PartialLog, read_jsonl, read_manifest
-from congrad.pipeline.runner import STAGES
+from congrad.pipeline.stage_graph import STAGES
 
 SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
 

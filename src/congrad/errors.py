@@ -16,7 +16,7 @@ from congrad.evaluation.judges import JudgeSetupError, JudgeUnavailable
 from congrad.models.loading import ModelLoadError
 from congrad.models.offline import OfflineModelError
 from congrad.parallel.zero import ZeroConfigError
-from congrad.pipeline.runner import StageFailed, StageNotReady
+from congrad.pipeline.stage_graph import StageFailed, StageNotReady
 from congrad.tools.memory_plan import PlanError
 
 USER_ERRORS: tuple[type[Exception], ...] = (

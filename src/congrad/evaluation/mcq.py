@@ -480,3 +480,12 @@ def _answer(row: Row, where: str, count: int) -> int:
             f"letter A-{LETTERS[count - 1]} or a 0-based index 0-{count - 1}."
         )
     return index
+
+
+def accuracy_from_rows(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    totals: Counter[str] = Counter(row["lang"] for row in rows)
+    correct: Counter[str] = Counter(row["lang"] for row in rows if row["correct"])
+    return {
+        lang: {"accuracy": correct[lang] / totals[lang], "correct": correct[lang], "total": n}
+        for lang, n in sorted(totals.items())
+    }

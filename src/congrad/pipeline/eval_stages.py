@@ -1,6 +1,7 @@
 """The I/O edge of evaluation (DESIGN.md section 8): answers, multiple choice, verdicts.
 
-In: a :class:`~congrad.pipeline.runner.Runner` and a round number ``t`` (0 is the seed model M_0).
+In: a :class:`~congrad.pipeline.context.RunContext` and a round number ``t`` (0 is the
+seed model M_0).
 Out, in ``round_<t>/``:
 
 - ``eval_answers.jsonl`` (stage ``answers``): M_t's answer to every held-out prompt of the
@@ -14,10 +15,10 @@ Out, in ``round_<t>/``:
   intervals per language, averaged over the trained languages (``average``) and over the
   unseen ones (``average_unseen``), from :mod:`congrad.evaluation.winrate`.
 
-Each ``run_<stage>`` is called by :meth:`Runner.run_stage`, which writes the manifest after
-it returns. Verdicts go through a cache keyed by a hash of judge and prompt
-(:class:`~congrad.evaluation.judges.VerdictCache`), so a rerun, a resume after a judge outage, or
-another run comparing the same answers asks the judge nothing twice.
+Each ``run_<stage>`` is called by :meth:`~congrad.pipeline.runner.Runner.run_stage`, which
+writes the manifest after it returns. Verdicts go through a cache keyed by a hash of judge
+and prompt (:class:`~congrad.evaluation.judges.VerdictCache`), so a rerun, a resume after a
+judge outage, or another run comparing the same answers asks the judge nothing twice.
 """
 
 from __future__ import annotations
@@ -30,12 +31,15 @@ from congrad.config.run import ModelConfig, RunConfig
 from congrad.core.lowrank import stable_seed
 from congrad.data.artifacts import fingerprint, read_jsonl, write_jsonl
 from congrad.data.records import PromptRecord
+from congrad.evaluation.verdict_summary import summarise_verdicts, verdict_winner
 from congrad.parallel import distributed
+from congrad.pipeline.context import RunContext
+from congrad.pipeline.stage_graph import StageFailed
+from congrad.pipeline.stage_io import generation_backend, partial_log
 from congrad.util.atomic import write_text_atomic
 
 if TYPE_CHECKING:
     from congrad.evaluation.judges import PairwiseJudge
-    from congrad.pipeline.runner import Runner
 
 ORDERS = ("candidate_first", "baseline_first")
 
@@ -71,23 +75,17 @@ def load_eval_prompts(config: RunConfig) -> list[PromptRecord]:
     return chosen
 
 
-def seen_and_unseen(config: RunConfig, languages: list[str]) -> tuple[list[str], list[str]]:
-    trained = set(config.prompts.languages)
-    return [lg for lg in languages if lg in trained], [lg for lg in languages if lg not in trained]
-
-
-def run_answers(runner: Runner, round_index: int) -> dict[str, Any]:
+def run_answers(context: RunContext, round_index: int) -> dict[str, Any]:
     from congrad.backends.generation import SamplingParams
-    from congrad.pipeline.train_stages import _backend, _partial
 
-    config, evaluate = runner.config, runner.config.evaluate
+    config, evaluate = context.config, context.config.evaluate
     prompts = load_eval_prompts(config)
     # Several processes (HF backend): the batches are spread over the ranks, a wave at a
     # time, and the main process alone keeps the log and writes.
-    log = _partial(runner, round_index, "answers") if distributed.is_main() else None
+    log = partial_log(context, round_index, "answers") if distributed.is_main() else None
     done = distributed.broadcast({row["prompt_id"] for row in log.done} if log else set())
-    # _backend(t) serves round t's starting weights M_{t-1}: here M_t is wanted.
-    backend = _backend(runner, round_index + 1, evaluate.batch_size)
+    # generation_backend(t) serves round t's starting weights M_{t-1}: here M_t is wanted.
+    backend = generation_backend(context, round_index + 1, evaluate.batch_size)
     params = SamplingParams(evaluate.max_new_tokens, evaluate.temperature, 1.0)
     # Batches are cut from ALL the prompts, not from those left after a crash: a padded
     # batch's logits depend on its neighbours in the last bits, so only the uninterrupted
@@ -118,7 +116,7 @@ def run_answers(runner: Runner, round_index: int) -> dict[str, Any]:
         ]
 
     answered: Any = distributed.map_in_waves(starts, answer)
-    if runner.progress:
+    if context.progress:
         from rich.progress import track
 
         answered = track(
@@ -134,7 +132,7 @@ def run_answers(runner: Runner, round_index: int) -> dict[str, Any]:
         (row for row in log.done if row["prompt_id"] in wanted),
         key=lambda row: (row["lang"], row["prompt_id"]),
     )
-    write_jsonl(runner.folder(round_index) / "eval_answers.jsonl", rows)
+    write_jsonl(context.folder(round_index) / "eval_answers.jsonl", rows)
     log.remove()
     cut = Counter(row["lang"] for row in rows if not row["finished"])
     return {
@@ -143,15 +141,13 @@ def run_answers(runner: Runner, round_index: int) -> dict[str, Any]:
     }
 
 
-def run_mcq(runner: Runner, round_index: int) -> dict[str, Any]:
+def run_mcq(context: RunContext, round_index: int) -> dict[str, Any]:
     from congrad.evaluation.mcq import accuracy_by_lang, load_mcq, score_mcq
 
-    config, mcq = runner.config, runner.config.evaluate.mcq
+    config, mcq = context.config, context.config.evaluate.mcq
     languages = config.evaluate.eval_languages(config.prompts.languages)
     questions = [q for q in load_mcq(mcq.files) if q.lang in languages]
     if not questions:
-        from congrad.pipeline.runner import StageFailed
-
         raise StageFailed(
             f"evaluate.mcq.files ({', '.join(mcq.files)}) hold no question in the evaluated "
             f"languages ({', '.join(languages)})"
@@ -160,7 +156,7 @@ def run_mcq(runner: Runner, round_index: int) -> dict[str, Any]:
     for lang in dict.fromkeys(q.lang for q in questions):
         group = sorted((q for q in questions if q.lang == lang), key=lambda q: q.question_id)
         chosen.extend(group[: mcq.max_per_language])
-    model, tokenizer = runner.model_after(round_index)
+    model, tokenizer = context.model_after(round_index)
     results = score_mcq(
         model,
         tokenizer,
@@ -169,9 +165,9 @@ def run_mcq(runner: Runner, round_index: int) -> dict[str, Any]:
         seed=config.seed,
         batch_size=mcq.batch_size,
         max_length=mcq.max_length,
-        progress=runner.progress,
+        progress=context.progress,
     )
-    write_jsonl(runner.folder(round_index) / "eval_mcq.jsonl", (r.to_dict() for r in results))
+    write_jsonl(context.folder(round_index) / "eval_mcq.jsonl", (r.to_dict() for r in results))
     present = {q.lang for q in chosen}
     return {
         "accuracy": accuracy_by_lang(results),
@@ -179,44 +175,14 @@ def run_mcq(runner: Runner, round_index: int) -> dict[str, Any]:
     }
 
 
-def mcq_accuracy(runner: Runner, round_index: int) -> dict[str, dict[str, float]]:
-    """``{lang: {"accuracy", "correct", "total"}}`` from round ``round_index``'s file."""
-    return accuracy_from_rows(read_jsonl(runner.folder(round_index) / "eval_mcq.jsonl"))
-
-
-def accuracy_from_rows(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    totals: Counter[str] = Counter(row["lang"] for row in rows)
-    correct: Counter[str] = Counter(row["lang"] for row in rows if row["correct"])
-    return {
-        lang: {"accuracy": correct[lang] / totals[lang], "correct": correct[lang], "total": n}
-        for lang, n in sorted(totals.items())
-    }
-
-
-def verdict_winner(choice: str | None, order: str) -> str | None:
-    """Who won one judged comparison: reply A is the candidate when it went first.
-
-    >>> verdict_winner("A", "baseline_first"), verdict_winner("tie", "candidate_first")
-    ('baseline', 'tie')
-    """
-    if choice is None or choice == "tie":
-        return choice
-    first, second = (
-        ("candidate", "baseline") if order == "candidate_first" else ("baseline", "candidate")
-    )
-    return first if choice == "A" else second
-
-
-def run_verdicts(runner: Runner, round_index: int) -> dict[str, Any]:
+def run_verdicts(context: RunContext, round_index: int) -> dict[str, Any]:
     from congrad.evaluation.judges import VerdictCache, judge_prompts
     from congrad.evaluation.pairwise import pairwise_prompt
 
-    config = runner.config
-    candidate = _answers(runner, round_index)
-    baseline = _answers(runner, 0)
+    config = context.config
+    candidate = _answers(context, round_index)
+    baseline = _answers(context, 0)
     if set(candidate) != set(baseline):
-        from congrad.pipeline.runner import StageFailed
-
         raise StageFailed(
             f"round {round_index} and round 0 answered different prompts; delete "
             f"round_{round_index}/answers.manifest.json and round_0/answers.manifest.json "
@@ -229,9 +195,9 @@ def run_verdicts(runner: Runner, round_index: int) -> dict[str, Any]:
             first, second = (mine, theirs) if order == "candidate_first" else (theirs, mine)
             slots.append((answer, order))
             texts.append(pairwise_prompt(answer["prompt"], first["response"], second["response"]))
-    judge = pairwise_judge(runner)
+    judge = pairwise_judge(context)
     cache = VerdictCache(judge_cache_path(config))
-    replies, stats = judge_prompts(judge, texts, cache, progress=runner.progress)
+    replies, stats = judge_prompts(judge, texts, cache, progress=context.progress)
     rows = [
         {
             "prompt_id": answer["prompt_id"],
@@ -244,7 +210,7 @@ def run_verdicts(runner: Runner, round_index: int) -> dict[str, Any]:
         }
         for (answer, order), reply in zip(slots, replies, strict=True)
     ]
-    folder = runner.folder(round_index)
+    folder = context.folder(round_index)
     write_jsonl(folder / "eval_verdicts.jsonl", rows)
     summary = summarise_verdicts(config, rows)
     write_text_atomic(folder / "winrates.json", _json(summary))
@@ -257,35 +223,8 @@ def run_verdicts(runner: Runner, round_index: int) -> dict[str, Any]:
     }
 
 
-def summarise_verdicts(config: RunConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-language and averaged win rates of verdict rows (what ``winrates.json`` holds)."""
-    from congrad.evaluation.winrate import VerdictRow, average_win_rate, language_win_rates
-
-    verdicts = [VerdictRow.from_dict(row) for row in rows]
-    seed = stable_seed("bootstrap", config.seed)
-    resamples = config.evaluate.bootstrap
-    per_lang = language_win_rates(verdicts, seed=seed, resamples=resamples)
-    present = {row["lang"] for row in rows}
-    ordered = config.evaluate.eval_languages(config.prompts.languages) + sorted(present)
-    languages = [lang for lang in dict.fromkeys(ordered) if lang in present]
-    seen, unseen = seen_and_unseen(config, languages)
-    average = average_win_rate(verdicts, seen, seed=seed, resamples=resamples)
-    average_unseen = (
-        average_win_rate(verdicts, unseen, seed=seed, resamples=resamples, label="average_unseen")
-        if unseen
-        else None
-    )
-    return {
-        "languages": {lang: rate.to_dict() for lang, rate in per_lang.items()},
-        "seen": seen,
-        "unseen": unseen,
-        "average": average.to_dict(),
-        "average_unseen": None if average_unseen is None else average_unseen.to_dict(),
-    }
-
-
-def _answers(runner: Runner, round_index: int) -> dict[str, dict[str, Any]]:
-    rows = read_jsonl(runner.folder(round_index) / "eval_answers.jsonl")
+def _answers(context: RunContext, round_index: int) -> dict[str, dict[str, Any]]:
+    rows = read_jsonl(context.folder(round_index) / "eval_answers.jsonl")
     return {row["prompt_id"]: row for row in rows}
 
 
@@ -320,12 +259,12 @@ def judge_cache_name(name_or_path: str) -> str:
     return f"{name_or_path} (weights {fingerprint(stamps)})"
 
 
-def pairwise_judge(runner: Runner) -> PairwiseJudge:
+def pairwise_judge(context: RunContext) -> PairwiseJudge:
     """The configured judge: an OpenAI-compatible endpoint, a local model, or M_0."""
     from congrad.backends.generation import HFBackend
     from congrad.evaluation.judges import LocalJudge, OpenAIJudge
 
-    config, judge = runner.config, runner.config.evaluate.judge
+    config, judge = context.config, context.config.evaluate.judge
     if judge.backend == "openai":
         assert judge.model is not None  # the config validates it
         return OpenAIJudge(
@@ -339,7 +278,7 @@ def pairwise_judge(runner: Runner) -> PairwiseJudge:
             max_tokens=judge.max_tokens,
         )
     if judge.backend == "self":
-        model, tokenizer = runner.model_after(0)
+        model, tokenizer = context.model_after(0)
         name = judge_cache_name(config.model.name_or_path)  # the cache key trusts it
         if name == "tiny-random":
             name += f" (seed {config.seed})"

@@ -28,14 +28,12 @@ rank sees the same completed stages.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from congrad.backends.vllm_engine import ENGINE_STAGES, EngineCache
 from congrad.config.run import (
     VLLM_RESOURCE_KEYS,
     ConfigError,
@@ -44,56 +42,32 @@ from congrad.config.run import (
     config_to_yaml,
     load_config,
 )
-from congrad.data.artifacts import fingerprint, read_manifest, round_dir, write_manifest
+from congrad.parallel import distributed
+from congrad.pipeline import eval_stages, train_stages
+from congrad.pipeline.context import RunContext
+from congrad.pipeline.stage_graph import (
+    COLLECTIVE_STAGES,
+    ENGINE_STAGES,
+    STAGES,
+    StageNotReady,
+)
+from congrad.pipeline.summary import build_summary
 from congrad.util.atomic import write_text_atomic
 
-STAGES = ("prompts", "generate", "judge", "pairs", "filter", "train")
-COLLECTIVE_STAGES = ("generate", "judge", "filter", "train", "answers")
-"""Stages every rank of a multi-process run takes part in (generate, judge and answers only
-with the HF backend: a vLLM engine spans its own GPUs, tensor-parallel, from the main
-process)."""
-EVAL_STAGES = ("answers", "mcq", "verdicts")
-"""Evaluation (congrad.pipeline.eval_stages): ``answers`` and ``mcq`` of round t use M_t (round 0:
-the seed model, in ``round_0/``); ``verdicts`` compares round t's answers with round 0's."""
-UPSTREAM = {
-    "prompts": (),
-    "generate": ("prompts",),
-    "judge": ("generate",),
-    "pairs": ("judge",),
-    "filter": ("pairs",),
-    "train": ("filter",),
-    "answers": (),
-    "mcq": (),
-    "verdicts": ("answers",),
+StageFunction = Callable[[RunContext, int], dict[str, Any]]
+STAGE_FUNCTIONS: dict[str, StageFunction] = {
+    "prompts": train_stages.run_prompts,
+    "generate": train_stages.run_generate,
+    "judge": train_stages.run_judge,
+    "pairs": train_stages.run_pairs,
+    "filter": train_stages.run_filter,
+    "train": train_stages.run_train,
+    "answers": eval_stages.run_answers,
+    "mcq": eval_stages.run_mcq,
+    "verdicts": eval_stages.run_verdicts,
 }
-OUTPUTS = {
-    "prompts": ("prompts.jsonl",),
-    "generate": ("completions.jsonl",),
-    "judge": ("judgments.jsonl",),
-    "pairs": ("pairs.jsonl", "dropped.jsonl"),
-    "filter": ("selection.jsonl", "scores.jsonl?"),
-    "train": ("model/model.safetensors", "ema.safetensors", "train_log.jsonl"),
-    "answers": ("eval_answers.jsonl",),
-    "mcq": ("eval_mcq.jsonl",),
-    "verdicts": ("eval_verdicts.jsonl", "winrates.json"),
-}
-
-
-class StageNotReady(RuntimeError):
-    """A stage was asked to run before the stages it reads have completed."""
-
-
-class StageFailed(RuntimeError):
-    """A stage cannot produce its output from its inputs; the message says why and where
-    to look. Earlier artifacts are untouched and the stage reruns when asked again."""
-
-
-def _digest(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            hasher.update(chunk)
-    return hasher.hexdigest()[:16]
+"""Each stage's code: reads the round's artifacts, calls the stage's pure core, writes its
+files and returns the facts for its manifest."""
 
 
 def prepare_run_dir(config: RunConfig, *, force: bool = False) -> Path:
@@ -124,176 +98,16 @@ def prepare_run_dir(config: RunConfig, *, force: bool = False) -> Path:
 
 
 @dataclass
-class Runner:
-    """Runs stages of one run folder, holding at most one model in memory."""
+class Runner(RunContext):
+    """Runs the stages of one run folder in order, skipping complete ones."""
 
-    config: RunConfig
-    progress: bool = True
-    log: Callable[[str], None] = print
-    _model: Any = None
-    _tokenizer: Any = None
-    _model_round: int | None = None  # the loaded weights are the output of this round
     timings: dict[tuple[int, str], float] = field(default_factory=dict)
-    engines: EngineCache = field(default_factory=EngineCache)
-    """The live vLLM engine, if any (``generate.backend=vllm``; congrad.backends.vllm_engine)."""
-
-    # -- bookkeeping -------------------------------------------------------------------
-
-    def folder(self, round_index: int) -> Path:
-        return round_dir(self.config.output_dir, round_index)
-
-    def _settings(self, stage: str, round_index: int) -> Any:
-        c = self.config
-        common = {"seed": c.seed, "round": round_index}
-        # The vLLM settings that decide what is sampled; none with the hf backend.
-        engine = [identity] if (identity := c.generate.engine_identity()) else []
-        return {
-            "prompts": [common, c.prompts.model_dump(mode="json")],
-            "generate": [
-                common,
-                c.model.model_dump(mode="json"),
-                c.generate.model_dump(mode="json", exclude={"vllm"}),
-                *engine,
-            ],
-            "judge": [common, c.judge.model_dump(mode="json"), *engine],
-            "pairs": [common],
-            # Round 1 keeps every pair whatever the strategy: no filter setting matters, so
-            # every strategy's round 1 has one fingerprint (congrad compare shares it).
-            "filter": [common, {"strategy": "full"}]
-            if round_index == 1
-            else [
-                common,
-                c.filter.model_dump(mode="json"),
-                c.ema.model_dump(mode="json"),
-                c.train.max_length,
-            ],
-            "train": [common, c.train.model_dump(mode="json"), c.ema.model_dump(mode="json")],
-            **self._eval_settings(common, engine),
-        }[stage]
-
-    def _eval_settings(self, common: dict[str, Any], engine: list[Any]) -> dict[str, list[Any]]:
-        c, evaluate = self.config, self.config.evaluate
-        judge = evaluate.judge
-        # What decides a verdict; concurrency, retries, timeout and the cache path do not.
-        judge_identity: dict[str, Any] = {"backend": judge.backend, "model": judge.model}
-        if judge.backend == "openai":
-            judge_identity |= {"temperature": judge.temperature, "max_tokens": judge.max_tokens}
-        else:
-            judge_identity |= {"mode": judge.mode, "batch_size": judge.batch_size}
-            judge_identity |= (
-                {"min_mass": judge.min_mass}
-                if judge.mode == "logprob"
-                else {"max_tokens": judge.max_tokens}
-            )
-        if judge.backend == "self":
-            judge_identity["model"] = c.model.model_dump(mode="json")
-        answers = evaluate.model_dump(mode="json", exclude={"judge", "mcq", "bootstrap"})
-        answers["languages"] = evaluate.eval_languages(c.prompts.languages)
-        return {
-            "answers": [common, c.model.model_dump(mode="json"), answers, *engine],
-            "mcq": [common, c.model.model_dump(mode="json"), evaluate.mcq.model_dump(mode="json")],
-            "verdicts": [common, judge_identity, evaluate.bootstrap, c.prompts.languages],
-        }
-
-    def dependencies(self, stage: str, round_index: int) -> list[tuple[int, str]]:
-        """The (round, stage) outputs that ``stage`` of ``round_index`` reads."""
-        deps = [(round_index, upstream) for upstream in UPSTREAM[stage]]
-        if stage in ("generate", "judge", "filter") and round_index > 1:
-            deps.append((round_index - 1, "train"))  # the round's starting model M_{t-1}
-        if stage in ("answers", "mcq") and round_index >= 1:
-            deps.append((round_index, "train"))  # the evaluated model M_t
-        if stage == "verdicts":
-            deps.append((0, "answers"))  # the seed model's answers
-        if stage == "train" and self.config.train.schedule == "lcl":
-            deps.append((0, "mcq"))  # the curriculum ranks languages by M_0's accuracy
-        return deps
-
-    def expected_fingerprint(self, stage: str, round_index: int) -> str:
-        """Hash of the stage's settings and the outputs of the stages it reads."""
-        inputs = []
-        for dep_round, dep_stage in self.dependencies(stage, round_index):
-            manifest = read_manifest(self.folder(dep_round), dep_stage)
-            if manifest is None:
-                raise StageNotReady(
-                    f"round {round_index}: {stage} needs round {dep_round}'s {dep_stage} first"
-                )
-            inputs.append(manifest["outputs"])
-        return fingerprint(stage, self._settings(stage, round_index), inputs)
-
-    def is_complete(self, stage: str, round_index: int) -> bool:
-        manifest = read_manifest(self.folder(round_index), stage)
-        if manifest is None:
-            return False
-        try:
-            return manifest.get("fingerprint") == self.expected_fingerprint(stage, round_index)
-        except StageNotReady:
-            return False
-
-    def _finish(self, stage: str, round_index: int, facts: dict[str, Any], seconds: float) -> None:
-        folder = self.folder(round_index)
-        outputs = {}
-        for name in OUTPUTS[stage]:  # a trailing "?" marks a file the stage may not write
-            path = folder / name.rstrip("?")
-            if name.endswith("?") and not path.exists():
-                continue
-            outputs[name.rstrip("?")] = _digest(path)
-        write_manifest(
-            folder,
-            stage,
-            {
-                "round": round_index,
-                "fingerprint": self.expected_fingerprint(stage, round_index),
-                "outputs": outputs,
-                "seconds": round(seconds, 3),
-                **facts,
-            },
-        )
-
-    # -- models ------------------------------------------------------------------------
-
-    def model_for(self, round_index: int) -> tuple[Any, Any]:
-        """The weights round ``round_index`` starts from: M_{t-1}."""
-        return self.model_after(round_index - 1)
-
-    def model_after(self, wanted: int) -> tuple[Any, Any]:
-        """The weights round ``wanted`` trained: M_wanted (0: the seed model)."""
-        from congrad.models.loading import load_model
-
-        if self._model_round != wanted:
-            self.engines.close()  # never an HF model beside a live vLLM engine
-            self._model = self._tokenizer = None
-            path = None if wanted == 0 else self.folder(wanted) / "model"
-            self._model, self._tokenizer = load_model(
-                self.config.model, path, seed=self.config.seed
-            )
-            self._model_round = wanted
-        return self._model, self._tokenizer
-
-    def close(self) -> None:
-        """Shut down the live vLLM engine, if any (the HF model goes with the runner)."""
-        self.engines.close()
 
     def __enter__(self) -> Runner:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def release_model(self) -> None:
-        """Drop the in-memory HF model and free its GPU memory (before a vLLM engine
-        takes the GPU); the next :meth:`model_after` loads it again."""
-        if self._model is None:
-            return
-        from congrad.backends.vllm_engine import free_accelerator_memory
-
-        self._model = self._tokenizer = self._model_round = None
-        free_accelerator_memory()
-
-    def set_model_round(self, round_index: int | None) -> None:
-        """Record whose output the in-memory weights are (None: mid-training, unusable)."""
-        self._model_round = round_index
-
-    # -- running -----------------------------------------------------------------------
 
     def collective(self, stage: str) -> bool:
         """Whether every rank takes part in ``stage`` (see :data:`COLLECTIVE_STAGES`)."""
@@ -307,10 +121,6 @@ class Runner:
         if self.is_complete(stage, round_index):
             return False
         self.expected_fingerprint(stage, round_index)  # raises StageNotReady early
-        from congrad.parallel import distributed
-        from congrad.pipeline import eval_stages
-        from congrad.pipeline import train_stages as stages
-
         if stage not in ENGINE_STAGES:
             self.engines.close()  # an engine holds most of the GPU: free it for the HF model
         start = time.perf_counter()
@@ -325,16 +135,15 @@ class Runner:
                 with distributed.main_first():  # one process builds the cached model
                     resolve_model_path(self.config.model.name_or_path)
         if main or self.collective(stage):
-            module = eval_stages if stage in EVAL_STAGES else stages
             alone = contextlib.nullcontext() if self.collective(stage) else distributed.solo()
             with alone:  # a main-only stage's own collectives must not wait for the others
-                facts = getattr(module, f"run_{stage}")(self, round_index)
+                facts = STAGE_FUNCTIONS[stage](self, round_index)
         elif stage in ENGINE_STAGES and self.config.generate.backend == "vllm":
             self.release_model()  # the main process's engine may span this rank's GPU (TP)
         seconds = time.perf_counter() - start
         self.timings[(round_index, stage)] = seconds
         if main:
-            self._finish(stage, round_index, facts, seconds)
+            self.finish(stage, round_index, facts, seconds)
             self.log(f"round {round_index}: {stage} done in {seconds:.1f}s")
         distributed.barrier()  # every rank now sees the manifest
         return True
@@ -345,11 +154,8 @@ class Runner:
         for round_index in range(1, self.config.rounds + 1):
             for stage in STAGES:
                 self.run_stage(stage, round_index)
-        from congrad.parallel.distributed import is_main
-        from congrad.pipeline.summary import build_summary
-
         summary = build_summary(self.config)
-        if is_main():
+        if distributed.is_main():
             write_text_atomic(Path(self.config.output_dir) / "summary.json", summary.to_json())
         return summary.to_dict()
 

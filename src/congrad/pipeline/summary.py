@@ -14,6 +14,7 @@ from typing import Any
 
 from congrad.config.run import RunConfig
 from congrad.data.artifacts import read_jsonl, read_manifest, round_dir
+from congrad.pipeline.stage_graph import STAGES, StageGraph
 
 COLUMNS = ("prompts", "responses", "unparsed", "ties", "pairs", "kept", "margin", "loss")
 
@@ -79,9 +80,7 @@ def _rows(folder: Path, name: str, current: bool) -> list[dict[str, Any]]:
 
 def build_summary(config: RunConfig) -> RunSummary:
     """Collect the table from whatever stages of each round have completed."""
-    from congrad.pipeline.runner import STAGES, Runner
-
-    runner = Runner(config, progress=False, log=lambda message: None)
+    graph = StageGraph(config)
     rows = []
     for round_index in range(1, config.rounds + 1):
         folder = round_dir(config.output_dir, round_index)
@@ -89,7 +88,7 @@ def build_summary(config: RunConfig) -> RunSummary:
             break
 
         # A stage whose inputs changed since it ran (or that failed on a rerun) is stale.
-        complete = {stage: runner.is_complete(stage, round_index) for stage in STAGES}
+        complete = {stage: graph.is_complete(stage, round_index) for stage in STAGES}
 
         prompts = _rows(folder, "prompts.jsonl", complete["prompts"])
         completions = _rows(folder, "completions.jsonl", complete["generate"])

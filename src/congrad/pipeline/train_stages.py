@@ -1,14 +1,14 @@
 """The I/O edge of each loop stage: read the round's artifacts, call the pure core, write.
 
-In: a :class:`~congrad.pipeline.runner.Runner` and a round number. Out: the stage's files in the
-round folder and a dict of facts (counts per language) for its manifest. Each
-``run_<stage>`` is called by :meth:`Runner.run_stage`, which writes the manifest after it
-returns; nothing here decides stage order.
+In: a :class:`~congrad.pipeline.context.RunContext` and a round number. Out: the stage's
+files in the round folder and a dict of facts (counts per language) for its manifest.
+Each ``run_<stage>`` is called by :meth:`~congrad.pipeline.runner.Runner.run_stage`,
+which writes the manifest after it returns; nothing here decides stage order.
 
 With several processes, ``run_generate``, ``run_judge`` (with the HF backend), ``run_filter``
-and ``run_train`` run on every rank (:data:`congrad.pipeline.runner.COLLECTIVE_STAGES`): the work is
-shared, the main process alone keeps the partial logs and writes the files, and the other
-ranks return no facts. The other stages (and generate / judge with vLLM) run on the main
+and ``run_train`` run on every rank (:data:`congrad.pipeline.stage_graph.COLLECTIVE_STAGES`):
+the work is shared, the main process alone keeps the partial logs and writes the files, and
+the other ranks return no facts. The other stages (and generate / judge with vLLM) run on the main
 process alone, as a world of one (:func:`congrad.parallel.distributed.solo`).
 """
 
@@ -16,43 +16,34 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from congrad.core.lowrank import stable_seed
-from congrad.data.artifacts import PartialLog, read_jsonl, write_jsonl
+from congrad.data.artifacts import read_jsonl, write_jsonl
 from congrad.data.records import Completion, Judgment, PreferencePair, PromptRecord
 from congrad.parallel import distributed
-
-if TYPE_CHECKING:
-    from congrad.pipeline.runner import Runner
+from congrad.pipeline.context import RunContext
+from congrad.pipeline.stage_graph import StageFailed
+from congrad.pipeline.stage_io import generation_backend, mcq_accuracy, partial_log
 
 
 def _per_lang(records: list[Any]) -> dict[str, int]:
     return dict(sorted(Counter(r.lang for r in records).items()))
 
 
-def _partial(runner: Runner, round_index: int, stage: str) -> PartialLog:
-    # The fingerprint in the name keeps a partial log from another config from being reused;
-    # logs of other fingerprints are stale (the config or an input changed) and removed.
-    print_ = runner.expected_fingerprint(stage, round_index)
-    current = runner.folder(round_index) / f"{stage}.{print_}.partial.jsonl"
-    for stale in runner.folder(round_index).glob(f"{stage}.*.partial.jsonl"):
-        if stale != current:
-            stale.unlink()
-    return PartialLog(current)
+def load_prompts(context: RunContext, round_index: int) -> list[PromptRecord]:
+    return [
+        PromptRecord(**row) for row in read_jsonl(context.folder(round_index) / "prompts.jsonl")
+    ]
 
 
-def load_prompts(runner: Runner, round_index: int) -> list[PromptRecord]:
-    return [PromptRecord(**row) for row in read_jsonl(runner.folder(round_index) / "prompts.jsonl")]
-
-
-def load_completions(runner: Runner, round_index: int) -> list[Completion]:
-    rows = read_jsonl(runner.folder(round_index) / "completions.jsonl")
+def load_completions(context: RunContext, round_index: int) -> list[Completion]:
+    rows = read_jsonl(context.folder(round_index) / "completions.jsonl")
     return [Completion(**row) for row in rows]
 
 
-def load_judgments(runner: Runner, round_index: int) -> list[Judgment]:
-    rows = read_jsonl(runner.folder(round_index) / "judgments.jsonl")
+def load_judgments(context: RunContext, round_index: int) -> list[Judgment]:
+    rows = read_jsonl(context.folder(round_index) / "judgments.jsonl")
     return [
         Judgment(
             **{
@@ -65,27 +56,16 @@ def load_judgments(runner: Runner, round_index: int) -> list[Judgment]:
     ]
 
 
-def load_pairs(runner: Runner, round_index: int) -> list[PreferencePair]:
-    return [PreferencePair(**row) for row in read_jsonl(runner.folder(round_index) / "pairs.jsonl")]
+def load_pairs(context: RunContext, round_index: int) -> list[PreferencePair]:
+    return [
+        PreferencePair(**row) for row in read_jsonl(context.folder(round_index) / "pairs.jsonl")
+    ]
 
 
-def _backend(runner: Runner, round_index: int, batch_size: int) -> Any:
-    """The generation backend serving round ``round_index``'s starting weights M_{t-1}.
-
-    ``vllm``: the runner's engine cache builds (or reuses) an engine that loads M_{t-1}
-    from its folder; no HF model is loaded, only the tokenizer (congrad.backends.vllm_engine)."""
-    if runner.config.generate.backend == "vllm":
-        return runner.engines.backend(runner, round_index - 1)
-    from congrad.backends.generation import HFBackend
-
-    model, tokenizer = runner.model_for(round_index)
-    return HFBackend(model, tokenizer, batch_size=batch_size)
-
-
-def run_prompts(runner: Runner, round_index: int) -> dict[str, Any]:
+def run_prompts(context: RunContext, round_index: int) -> dict[str, Any]:
     from congrad.data.prompts import load_builtin_prompts, load_prompt_files, partition_rounds
 
-    config = runner.config
+    config = context.config
     languages = config.prompts.languages
     if config.prompts.files:
         prompts = load_prompt_files(config.prompts.files, languages)
@@ -93,19 +73,19 @@ def run_prompts(runner: Runner, round_index: int) -> dict[str, Any]:
         prompts = load_builtin_prompts("train", languages)
     rounds = partition_rounds(prompts, config.rounds, config.prompts.per_round, config.seed)
     chosen = rounds[round_index]
-    write_jsonl(runner.folder(round_index) / "prompts.jsonl", (p.to_dict() for p in chosen))
+    write_jsonl(context.folder(round_index) / "prompts.jsonl", (p.to_dict() for p in chosen))
     return {"counts": _per_lang(chosen)}
 
 
-def run_generate(runner: Runner, round_index: int) -> dict[str, Any]:
+def run_generate(context: RunContext, round_index: int) -> dict[str, Any]:
     from congrad.rounds.generate import generate_completions
 
-    config = runner.config
-    prompts = load_prompts(runner, round_index)
+    config = context.config
+    prompts = load_prompts(context, round_index)
     main = distributed.is_main()
-    log = _partial(runner, round_index, "generate") if main else None
+    log = partial_log(context, round_index, "generate") if main else None
     done = distributed.broadcast({row["completion_id"] for row in log.done} if log else set())
-    backend = _backend(runner, round_index, config.generate.batch_size)
+    backend = generation_backend(context, round_index, config.generate.batch_size)
     generate_completions(
         backend,
         prompts,
@@ -114,7 +94,7 @@ def run_generate(runner: Runner, round_index: int) -> dict[str, Any]:
         round_index=round_index,
         skip=done,
         on_done=(lambda batch: log.append(c.to_dict() for c in batch)) if log else None,
-        progress=runner.progress,
+        progress=context.progress,
     )
     if log is None:  # another rank: the main process writes
         return {}
@@ -123,22 +103,22 @@ def run_generate(runner: Runner, round_index: int) -> dict[str, Any]:
         key=lambda c: (c.lang, c.prompt_id, c.sample_index),
     )
     write_jsonl(
-        runner.folder(round_index) / "completions.jsonl", (c.to_dict() for c in completions)
+        context.folder(round_index) / "completions.jsonl", (c.to_dict() for c in completions)
     )
     log.remove()
     unfinished = Counter(c.lang for c in completions if not c.finished)
     return {"counts": _per_lang(completions), "cut_at_max_tokens": dict(sorted(unfinished.items()))}
 
 
-def run_judge(runner: Runner, round_index: int) -> dict[str, Any]:
+def run_judge(context: RunContext, round_index: int) -> dict[str, Any]:
     from congrad.rounds.self_judge import judge_completions
 
-    config = runner.config
-    completions = load_completions(runner, round_index)
+    config = context.config
+    completions = load_completions(context, round_index)
     main = distributed.is_main()
-    log = _partial(runner, round_index, "judge") if main else None
+    log = partial_log(context, round_index, "judge") if main else None
     done = distributed.broadcast({row["completion_id"] for row in log.done} if log else set())
-    backend = _backend(runner, round_index, config.judge.batch_size)
+    backend = generation_backend(context, round_index, config.judge.batch_size)
     chunk = 4 * config.judge.batch_size  # logged chunk by chunk, so a crash loses little
     # Chunks are cut from ALL the completions, not from those left after a crash: the
     # judge batches a chunk by prompt length, and a padded batch's log-probs depend on
@@ -164,24 +144,24 @@ def run_judge(runner: Runner, round_index: int) -> dict[str, Any]:
     for _, judged in distributed.map_in_waves(starts, judge_chunk):
         if log is not None:
             log.append(j.to_dict() for j in judged if j.completion_id not in done)
-            runner.log(f"round {round_index}: judged {len(log.done)}/{len(completions)}")
+            context.log(f"round {round_index}: judged {len(log.done)}/{len(completions)}")
     if log is None:  # another rank: the main process writes
         return {}
     order = {c.completion_id: i for i, c in enumerate(completions)}
     rows = sorted(log.done, key=lambda row: order[row["completion_id"]])
-    write_jsonl(runner.folder(round_index) / "judgments.jsonl", rows)
+    write_jsonl(context.folder(round_index) / "judgments.jsonl", rows)
     log.remove()
     unparsed = Counter(row["lang"] for row in rows if row["score"] is None)
     return {"counts": _per_lang(completions), "unparsed": dict(sorted(unparsed.items()))}
 
 
-def run_pairs(runner: Runner, round_index: int) -> dict[str, Any]:
+def run_pairs(context: RunContext, round_index: int) -> dict[str, Any]:
     from congrad.rounds.pairs import build_pairs
 
     pairs, dropped = build_pairs(
-        load_completions(runner, round_index), load_judgments(runner, round_index)
+        load_completions(context, round_index), load_judgments(context, round_index)
     )
-    folder = runner.folder(round_index)
+    folder = context.folder(round_index)
     write_jsonl(folder / "pairs.jsonl", (p.to_dict() for p in pairs))
     write_jsonl(folder / "dropped.jsonl", (d.to_dict() for d in dropped))
     reasons: dict[str, dict[str, int]] = {}
@@ -190,7 +170,7 @@ def run_pairs(runner: Runner, round_index: int) -> dict[str, Any]:
         reasons[d.reason][d.lang] += 1
     for lang in sorted({d.lang for d in dropped} - {p.lang for p in pairs}):
         lost = ", ".join(f"{n} {reason}" for reason, by in reasons.items() if (n := by.get(lang)))
-        runner.log(
+        context.log(
             f"warning: round {round_index}: language {lang} has no preference pairs (prompts "
             f"dropped: {lost}; see dropped.jsonl); it sits out this round's training and the "
             "gradient consensus built from it"
@@ -198,23 +178,23 @@ def run_pairs(runner: Runner, round_index: int) -> dict[str, Any]:
     return {"counts": _per_lang(pairs), "dropped": reasons}
 
 
-def run_filter(runner: Runner, round_index: int) -> dict[str, Any]:
+def run_filter(context: RunContext, round_index: int) -> dict[str, Any]:
     from congrad.config.run import Strategy
     from congrad.core.gradient_ema import GradientEMA
     from congrad.rounds.filtering import filter_pairs
 
-    config = runner.config
-    pairs = load_pairs(runner, round_index)
-    folder = runner.folder(round_index)
+    config = context.config
+    pairs = load_pairs(context, round_index)
+    folder = context.folder(round_index)
     strategy = config.filter.strategy if round_index > 1 else Strategy.FULL
-    previous_ema = runner.folder(round_index - 1) / "ema.safetensors"
+    previous_ema = context.folder(round_index - 1) / "ema.safetensors"
     result = filter_pairs(
         pairs,
         config,
         strategy,
-        load_model=lambda: runner.model_for(round_index),
+        load_model=lambda: context.model_for(round_index),
         load_ema=lambda model, _: GradientEMA.load(previous_ema, model),
-        progress=runner.progress,
+        progress=context.progress,
     )
     if not distributed.is_main():  # the scores were gathered; the main process writes
         return {}
@@ -230,17 +210,15 @@ def run_filter(runner: Runner, round_index: int) -> dict[str, Any]:
     }
 
 
-def run_train(runner: Runner, round_index: int) -> dict[str, Any]:
+def run_train(context: RunContext, round_index: int) -> dict[str, Any]:
     from congrad.models.lora import attach_adapter, merge_adapter
     from congrad.rounds.train import save_round_model, train_round
 
-    config = runner.config
-    folder = runner.folder(round_index)
+    config = context.config
+    folder = context.folder(round_index)
     kept_ids = {row["pair_id"] for row in read_jsonl(folder / "selection.jsonl") if row["kept"]}
-    pairs = [p for p in load_pairs(runner, round_index) if p.pair_id in kept_ids]
+    pairs = [p for p in load_pairs(context, round_index) if p.pair_id in kept_ids]
     if not pairs:
-        from congrad.pipeline.runner import StageFailed
-
         raise StageFailed(
             f"round {round_index}: no preference pairs to train on (every language lost all "
             "its prompts to ties or unparsed judgments); see dropped.jsonl and judgments.jsonl"
@@ -251,9 +229,9 @@ def run_train(runner: Runner, round_index: int) -> dict[str, Any]:
             row["pair_id"]: (row["ref_chosen_logps"], row["ref_rejected_logps"])
             for row in read_jsonl(folder / "scores.jsonl")
         }
-    schedule, schedule_facts = _schedule(runner, pairs, round_index)
-    model, tokenizer = runner.model_for(round_index)
-    runner.set_model_round(None)  # the weights change in place: not M_{t-1} any more
+    schedule, schedule_facts = _schedule(context, pairs, round_index)
+    model, tokenizer = context.model_for(round_index)
+    context.set_model_round(None)  # the weights change in place: not M_{t-1} any more
     model = attach_adapter(model, config.model.lora)  # LoRA: a fresh adapter (congrad.models.lora)
     result, ema = train_round(
         model,
@@ -264,16 +242,16 @@ def run_train(runner: Runner, round_index: int) -> dict[str, Any]:
         seed=stable_seed("train", config.seed, round_index),
         ref_logps=ref_logps,
         schedule=schedule,
-        progress=runner.progress,
+        progress=context.progress,
     )
     state_dict = result.weights  # DeepSpeed: gathered from its partitions (congrad.parallel.zero)
     if distributed.is_sharded(model):  # FSDP2: gather the weights; the shards are dropped
         state_dict = distributed.full_state_dict(model)
     if state_dict is not None:
-        runner.release_model()  # later stages reload M_t whole from its folder
+        context.release_model()  # later stages reload M_t whole from its folder
     else:
         model = merge_adapter(model)  # LoRA: M_t = M_{t-1} + (alpha/r) B A, on EVERY rank
-        runner.set_model_round(round_index)
+        context.set_model_round(round_index)
     if not distributed.is_main():  # every rank holds the same weights and EMA
         return {}
     save_round_model(model, tokenizer, folder / "model", state_dict=state_dict)
@@ -289,13 +267,13 @@ def run_train(runner: Runner, round_index: int) -> dict[str, Any]:
 
 
 def _schedule(
-    runner: Runner, pairs: list[PreferencePair], round_index: int
+    context: RunContext, pairs: list[PreferencePair], round_index: int
 ) -> tuple[list[list[int]] | None, dict[str, Any]]:
     """The minibatch order of ``train.schedule`` and what it was built from."""
     from congrad.rounds import schedules
     from congrad.rounds.train import language_schedule
 
-    config = runner.config
+    config = context.config
     seed = stable_seed("train", config.seed, round_index)
     kind = config.train.schedule
     if kind == "uab":
@@ -303,9 +281,7 @@ def _schedule(
         built = schedules.uab_schedule(pairs, config.train.batch_size, seed)
         facts: dict[str, Any] = {"language_probabilities": probabilities}
     elif kind == "lcl":
-        from congrad.pipeline.eval_stages import mcq_accuracy
-
-        accuracy = {lang: row["accuracy"] for lang, row in mcq_accuracy(runner, 0).items()}
+        accuracy = {lang: row["accuracy"] for lang, row in mcq_accuracy(context, 0).items()}
         built = schedules.lcl_schedule(pairs, config.train.batch_size, seed, accuracy)
         languages = sorted({p.lang for p in pairs})
         facts = {

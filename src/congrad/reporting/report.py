@@ -3,8 +3,9 @@
 In: a comparison folder (``compare.json`` + ``runs/<name>/``) or a single run folder.
 Out: ``<folder>/report/``: ``report.md``, one CSV per table and PNG plots. Nothing is
 read but files: win rates are recomputed from the verdict files (``eval_verdicts.jsonl``,
-through :func:`congrad.pipeline.eval_stages.summarise_verdicts`), accuracies from ``eval_mcq.jsonl``
-and stage times from the manifests, so ``congrad report`` equals what ``compare`` wrote.
+through :func:`congrad.evaluation.verdict_summary.summarise_verdicts`), accuracies from
+``eval_mcq.jsonl`` and stage times from the manifests, so ``congrad report`` equals what
+``compare`` wrote.
 
 Tables, after the paper's: average win rate over the seed model by strategy and round
 (Table 1); by language at the last round (Table 9); unseen languages (Table 4);
@@ -29,7 +30,7 @@ from typing import Any
 
 from congrad.config.run import RunConfig, load_config
 from congrad.data.artifacts import read_jsonl, read_manifest
-from congrad.pipeline.runner import STAGES
+from congrad.pipeline.stage_graph import STAGES
 from congrad.util.atomic import write_text_atomic
 
 TIMED_STAGES = ("generate", "judge", "pairs", "filter", "train")
@@ -53,7 +54,8 @@ class RunResults:
 def load_run(
     folder: Path, name: str, strategy: str, keep: float | None, lang: str | None
 ) -> RunResults:
-    from congrad.pipeline.eval_stages import accuracy_from_rows, summarise_verdicts
+    from congrad.evaluation.mcq import accuracy_from_rows
+    from congrad.evaluation.verdict_summary import summarise_verdicts
 
     config = load_config(folder / "config.yaml")
     results = RunResults(name, strategy, keep, lang, config)

@@ -33,7 +33,8 @@ from typing import Any
 
 from congrad.config.run import ConfigError, RunConfig, Strategy, config_changes, set_dotted
 from congrad.data.artifacts import manifest_path, read_manifest
-from congrad.pipeline.runner import OUTPUTS, STAGES, Runner, StageNotReady, prepare_run_dir
+from congrad.pipeline.runner import Runner, prepare_run_dir
+from congrad.pipeline.stage_graph import OUTPUTS, STAGES, StageNotReady
 from congrad.util.atomic import write_text_atomic
 
 SCHEDULE_BASELINES = ("uab", "lcl")
