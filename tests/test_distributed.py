@@ -368,7 +368,7 @@ def test_training_refuses_engines_that_hide_the_per_minibatch_gradient(kind, fsd
 
     from accelerate.utils import DistributedType
 
-    from congrad.rounds.train import _uses_deepspeed
+    from congrad.rounds.engines import uses_deepspeed
 
     plugin = None if fsdp_version is None else SimpleNamespace(fsdp_version=fsdp_version)
     accelerator = SimpleNamespace(
@@ -376,6 +376,6 @@ def test_training_refuses_engines_that_hide_the_per_minibatch_gradient(kind, fsd
     )
     if refused:
         with pytest.raises(NotImplementedError, match=r"not FSDP version 1: .*fsdp2-\*\.yaml"):
-            _uses_deepspeed(accelerator)
+            uses_deepspeed(accelerator)
     else:
-        assert _uses_deepspeed(accelerator) is (kind == "DEEPSPEED")
+        assert uses_deepspeed(accelerator) is (kind == "DEEPSPEED")

@@ -261,7 +261,7 @@ def test_accumulation_equals_a_larger_minibatch(tiny):
 def test_fp16_loss_scale_is_divided_out_exactly_and_overflow_is_flagged():
     # No GradScaler on CPU, so the fp16 helpers are checked directly: the scale (a power of
     # two) divides out exactly, and a window's sum is the mean of its minibatches.
-    from congrad.rounds.train import _accumulate, _unscale
+    from congrad.rounds.engines import _accumulate, _unscale
 
     weight = torch.nn.Parameter(torch.zeros(3))
     running: list = [None]

@@ -36,19 +36,20 @@ all-reduce); the EMA gathers each tracked gradient whole, one matrix at a time
 (:mod:`congrad.core.gradient_ema`); the reference forwards run in lockstep, since a sharded
 forward communicates. The trained model stays sharded: the caller gathers its state dict
 with :func:`congrad.parallel.distributed.full_state_dict` to save it. FSDP version 1 (flat
-parameters: no per-matrix ``.grad``) is refused by :func:`_uses_deepspeed`.
+parameters: no per-matrix ``.grad``) is refused by :func:`congrad.rounds.engines.engine_for`.
 
 DeepSpeed ZeRO 2/3 (:mod:`congrad.parallel.zero`): ``accelerator.prepare`` returns a
-DeepSpeedEngine,
-which owns backward, clipping and the step; the same slicing and weighting (its gradient
-reduction averages over the ranks like DDP's). The reference log-probs are taken before the
-engine casts and partitions the model; each minibatch is one ``engine.backward``, the EMA
-reads each tracked matrix's whole gradient from the partitions, then ``engine.step()``.
-Accumulating (ZeRO-3 only, :func:`congrad.parallel.zero.configure`), each minibatch's gradient
-partitions are held aside and emptied after the EMA read, and their mean is put back
-before the step (:func:`congrad.parallel.zero.hold_aside`). The trained fp32 weights are
-gathered into
-``TrainResult.weights`` before the engine is released: the caller saves those.
+DeepSpeedEngine, which owns backward, clipping and the step; the same slicing and weighting
+(its gradient reduction averages over the ranks like DDP's). The reference log-probs are
+taken before the engine casts and partitions the model; the EMA reads each tracked matrix's
+whole gradient from the partitions; accumulating (ZeRO-3 only), each minibatch's gradient
+partitions are held aside, and their mean is put back before the step. The trained fp32
+weights are gathered into ``TrainResult.weights`` before the engine is released: the caller
+saves those.
+
+Where the backends differ (backward, where the EMA reads the gradient, holding a window's
+sum aside, the step and its gradient norm, the weights to save) is one small adapter per
+backend, :mod:`congrad.rounds.engines`, so the loop below reads the same for all of them.
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ from congrad.core.lowrank import stable_seed
 from congrad.data.encoding import PairBatch, collate_pairs, encode_pair, pad_token_id_of
 from congrad.data.records import PreferencePair
 from congrad.models.checkpointing import enable_gradient_checkpointing
-from congrad.models.lora import has_adapter, merge_adapter
-from congrad.parallel import distributed, zero
+from congrad.models.lora import merge_adapter
+from congrad.parallel import distributed
+from congrad.rounds import engines
 from congrad.util.atomic import remove_stale_temporaries
 
 
@@ -186,23 +188,6 @@ def reference_logps(
     return {pair.pair_id: values[pair.pair_id] for pair in pairs}
 
 
-def _unscale(parameters: list[nn.Parameter], loss_scale: float) -> bool:
-    """Divide ``.grad`` by the fp16 loss scale (1 without fp16); whether all is finite."""
-    grads = [p.grad for p in parameters if p.grad is not None and loss_scale != 1.0]
-    for grad in grads:
-        grad.div_(loss_scale)
-    return not grads or bool(torch.stack([grad.isfinite().all() for grad in grads]).all())
-
-
-def _accumulate(parameters: list[nn.Parameter], running: list[Any], window: int) -> None:
-    """Move ``.grad / window`` into the window's running sum; every ``.grad`` ends None."""
-    for index, parameter in enumerate(parameters):
-        if parameter.grad is not None:
-            grad = parameter.grad.div_(window)  # window 1: exact no-op, no copy
-            running[index] = grad if running[index] is None else running[index].add_(grad)
-            parameter.grad = None
-
-
 def _minibatch_losses(
     model: nn.Module, batch: PairBatch, refs: torch.Tensor, train: TrainConfig
 ) -> tuple[torch.Tensor, list[tuple[float, float, float]]]:
@@ -234,23 +219,6 @@ def _step_log(step: int, lang: str, rows: list[tuple[float, float, float]], lr: 
         rejected_reward_mean=math.fsum(r[2] for r in rows) / count,
         accuracy=sum(r[1] > r[2] for r in rows) / count,
     )
-
-
-def _uses_deepspeed(accelerator: Accelerator) -> bool:
-    """Whether the launcher asked for DeepSpeed ZeRO (:mod:`congrad.parallel.zero`). The EMA
-    needs each
-    tracked matrix's whole gradient per minibatch: DDP holds it, FSDP2 holds a ``DTensor``
-    shard the EMA gathers, DeepSpeed a partition :func:`congrad.parallel.zero.full_grad` gathers.
-    FSDP1's flat parameters hide it, so FSDP1 is refused, saying what to use instead."""
-    kind = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
-    plugin = getattr(accelerator.state, "fsdp_plugin", None)
-    if "FSDP" in kind and getattr(plugin, "fsdp_version", 1) != 2:
-        raise NotImplementedError(
-            f"train_round supports DDP, FSDP version 2 and DeepSpeed ZeRO 2/3, not {kind} "
-            "version 1: the gradient EMA must read each tracked matrix's gradient of every "
-            "minibatch. Use configs/accelerate/fsdp2-*.yaml, zero*-*.yaml or ddp-*.yaml."
-        )
-    return "DEEPSPEED" in kind
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -289,9 +257,7 @@ def train_round(
     started = time.perf_counter()
     world, me = distributed.world_size(), distributed.rank()  # sets up the process group
     accelerator = Accelerator(cpu=distributed.use_cpu(), mixed_precision=train.mixed_precision)
-    deepspeed = _uses_deepspeed(accelerator)
-    if deepspeed:
-        zero.load_models_whole()  # the plugin just told transformers to partition loads
+    engine = engines.engine_for(accelerator, train, world)  # DDP / FSDP2 or DeepSpeed ZeRO
     if schedule is None:
         schedule = language_schedule(pairs, train.batch_size, seed)
     for planned in schedule:
@@ -311,7 +277,7 @@ def train_round(
             lockstep=lockstep,
         )
 
-    if ref_logps is None and deepspeed:  # before DeepSpeed casts and partitions the weights
+    if ref_logps is None and engine.references_before_prepare:  # before DeepSpeed partitions
         ref_logps = references(lockstep=False)
     parameters = [p for p in model.parameters() if p.requires_grad]
     groups = [  # no weight decay on norms and biases
@@ -324,32 +290,13 @@ def train_round(
     gradient_ema = GradientEMA(
         model, rank=ema.rank, iters=ema.iters, gamma=ema.gamma, include=ema.include, seed=seed
     )
-    if deepspeed:  # a DeepSpeedEngine: it owns backward, clipping, the step and the partitions
-        if has_adapter(model):
-            raise NotImplementedError(
-                "LoRA with DeepSpeed is not supported: use LoRA with DDP (configs/accelerate/"
-                "ddp-*.yaml; the adapter's gradients are small) or DeepSpeed without LoRA."
-            )
-        zero.configure(accelerator.state.deepspeed_plugin.deepspeed_config, train, world)
-        prepared, optimizer = accelerator.prepare(model, optimizer)
-    elif distributed.is_sharded(model):  # sharded by the caller (fully_shard): no DDP wrapper
-        prepared, optimizer = model, accelerator.prepare(optimizer)
-    else:
-        prepared, optimizer = accelerator.prepare(model, optimizer)
-    if distributed.is_sharded(model):  # fully_shard put DTensor parameters in the modules' place
-        if has_adapter(model):
-            raise NotImplementedError(
-                "LoRA with FSDP is not supported: the adapter could not be merged into sharded "
-                "weights. Use LoRA with DDP (the adapter's gradients are small) or FSDP alone."
-            )
-        parameters = [p for p in model.parameters() if p.requires_grad]
+    engine.prepare(model, optimizer, parameters)
     undo_checkpointing = enable_gradient_checkpointing(model, train)  # congrad.models.checkpointing
     rows: list[StepLog] = []
     pair_losses: dict[str, list[float]] = {}
     try:
-        # Not earlier: after a forward FSDP2 leaves the ROOT module's parameters unsharded
-        # (plain tensors swapped in until the next backward), so the parameter lists above
-        # must be taken before any forward, or they would name the wrong tensors.
+        # Not earlier: the engine's parameter list must be taken before any forward, which
+        # leaves FSDP2's root parameters swapped (congrad.rounds.engines.AccelerateEngine).
         if ref_logps is None:
             ref_logps = references(lockstep=distributed.is_sharded(model))
         encoded = [encode_pair(tokenizer, pair, train.max_length) for pair in pairs]
@@ -358,8 +305,7 @@ def train_round(
         quiet = not (progress and accelerator.is_local_main_process)
         for first in track(range(0, len(schedule), accumulation), "training", disable=quiet):
             window, step = schedule[first : first + accumulation], first // accumulation + 1
-            running: list[torch.Tensor | None] = [None] * len(parameters)
-            lr = float(optimizer.param_groups[0]["lr"])
+            lr = float(engine.optimizer.param_groups[0]["lr"])
             for indices in window:
                 lang = pairs[indices[0]].lang
                 # This rank's slice of the global minibatch, weighted so that DDP's mean over
@@ -369,42 +315,24 @@ def train_round(
                     local, weight = list(indices[:1]), 0.0
                 batch = collate_pairs([encoded[i] for i in local], pad_token_id_of(tokenizer))
                 refs = torch.tensor([ref_logps[pairs[i].pair_id] for i in local])
-                losses, local_rows = _minibatch_losses(prepared, batch, refs, train)
+                losses, local_rows = _minibatch_losses(engine.prepared, batch, refs, train)
                 gathered = distributed.gather(local_rows if weight else [])
                 pair_rows = [row for part in gathered for row in part]  # in schedule order
                 if not all(math.isfinite(r[0]) for r in pair_rows):  # the same on every rank
                     raise FloatingPointError(f"non-finite loss in step {step} ({lang})")
-                if deepspeed:
-                    prepared.backward(losses.sum() * weight)
-                    gradient_ema.update(lang, read=zero.full_grad)
-                    if len(window) > 1:  # ZeRO-3 (congrad.parallel.zero.configure refuses ZeRO-2)
-                        zero.hold_aside(prepared, parameters, running, len(window))
-                else:
-                    accelerator.backward(losses.sum() * weight)
-                    scale = float(accelerator.scaler.get_scale()) if accelerator.scaler else 1.0
-                    if _unscale(parameters, scale):  # an fp16 overflow stays out of the EMA
-                        gradient_ema.update(lang)  # .grad: exactly this minibatch's gradient
-                    _accumulate(parameters, running, len(window))
+                if engine.backward(losses.sum() * weight):  # an fp16 overflow stays out
+                    gradient_ema.update(lang, read=engine.gradient_reader)  # this minibatch's
+                engine.accumulate(len(window))  # into the window's sum; the gradient is empty
                 pair_losses.setdefault(lang, []).extend(r[0] for r in pair_rows)
                 rows.append(_step_log(step, lang, pair_rows, lr))
-            if deepspeed:
-                if len(window) > 1:
-                    zero.give_back(parameters, running)
-                prepared.step()  # clips to train.max_grad_norm, steps, zeroes the partitions
-                grad_norm = float(prepared.get_global_grad_norm())
-            else:
-                for parameter, grad in zip(parameters, running, strict=True):
-                    parameter.grad = grad if grad is None or scale == 1.0 else grad.mul_(scale)
-                grad_norm = float(accelerator.clip_grad_norm_(parameters, train.max_grad_norm))
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            grad_norm = engine.step()  # the window's mean gradient: clipped, applied, emptied
             scheduler.step()
             rows[-len(window) :] = [replace(r, grad_norm=grad_norm) for r in rows[-len(window) :]]
-        weights = zero.full_state_dict(model) if deepspeed else None  # while the engine lives
+        weights = engine.final_weights()  # DeepSpeed: while its engine still holds them
     finally:
         undo_checkpointing()
         model.zero_grad(set_to_none=True)
-        accelerator.unwrap_model(prepared, keep_fp32_wrapper=False)  # drops autocast wrappers
+        accelerator.unwrap_model(engine.prepared, keep_fp32_wrapper=False)  # drops autocast
         model.eval()
         accelerator.free_memory()
     seconds = time.perf_counter() - started
