@@ -98,7 +98,9 @@ class EvaluateConfig(Section):
     bootstrap: int = Field(1000, ge=10)
     """Bootstrap resamples of the 95% win-rate intervals."""
     judge: EvalJudgeConfig = EvalJudgeConfig()
+    """The pairwise judge comparing each round's answers with the seed model's."""
     mcq: MCQConfig = MCQConfig()
+    """Multiple-choice accuracy per language (the alignment tax)."""
 
     @field_validator("languages", "unseen_languages")
     @classmethod

@@ -109,6 +109,7 @@ class ModelConfig(Section):
     trust_remote_code: bool = False
     """Allow model code from the model folder or hub to run. Off unless you trust it."""
     lora: LoRAConfig = LoRAConfig()
+    """Low-rank adapters trained instead of the full weights (off by default)."""
 
 
 class PromptsConfig(Section):
@@ -191,6 +192,7 @@ class GenerateConfig(Section):
     """Prompts per generate call (with vLLM: requests handed to the engine at once, which
     it batches itself; a few hundred keeps it busy)."""
     vllm: VLLMConfig = VLLMConfig()
+    """The vLLM engine, used when ``generate.backend`` is ``vllm``."""
 
     def engine_identity(self) -> dict[str, Any] | None:
         """The settings that decide what the backend samples, for stage fingerprints:
@@ -281,13 +283,23 @@ class RunConfig(Section):
     seed: int = 0
     """Run seed; every random choice derives from it and record ids."""
     model: ModelConfig = ModelConfig()
+    """The seed model M_0: where it loads from, its dtype, LoRA."""
     prompts: PromptsConfig = PromptsConfig()
+    """Training prompts: their files, the languages, how many per round."""
     generate: GenerateConfig = GenerateConfig()
+    """Sampling the k responses per prompt (stage 2), and the backend that also
+    self-judges and answers the evaluation prompts."""
     judge: JudgeConfig = JudgeConfig()
+    """Self-judging: the round's model scores its own responses (0..5) to form pairs."""
     filter: FilterConfig = FilterConfig()
+    """Pair selection: the strategy and the share of each language's pairs kept."""
     ema: EMAConfig = EMAConfig()
+    """The per-language gradient EMAs whose consensus the CONGRAD scores compare to."""
     train: TrainConfig = TrainConfig()
+    """LP-DPO training of M_t from M_{t-1} on the kept pairs."""
     evaluate: EvaluateConfig = EvaluateConfig()
+    """Evaluation: each round's win rates over the seed model on held-out prompts, and the
+    alignment tax."""
 
     @model_validator(mode="after")
     def _precision_is_trainable(self) -> RunConfig:
