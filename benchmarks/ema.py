@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import dpo_backward, load_model, make_pairs
 from congrad import LowRankEMA, tracked_linears
-from congrad.core.lowrank import stable_seed
 from congrad.core.reference import DenseEMA
+from congrad.util.seeds import stable_seed
 
 
 def main() -> None:

@@ -197,7 +197,7 @@ def test_mean_interval_matches_a_slow_bootstrap_and_is_seeded():
     assert mean == pytest.approx(0.55)
     assert (mean, low, high) == mean_interval(values, seed=3, label="x", resamples=500)
     # slow reference: the same generator draw by draw
-    from congrad.core.lowrank import stable_seed
+    from congrad.util.seeds import stable_seed
 
     rng = np.random.default_rng(stable_seed(3, "mean_interval", "x"))
     draws = rng.integers(0, len(values), size=(500, len(values)))

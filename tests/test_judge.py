@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from congrad.backends.generation import Generation, HFBackend
 from congrad.config.run import JudgeConfig
-from congrad.core.lowrank import stable_seed
 from congrad.data.records import Completion, Judgment
 from congrad.rounds.self_judge import (
     MIN_MASS,
@@ -26,6 +25,7 @@ from congrad.rounds.self_judge import (
     parse_score,
     score_candidates,
 )
+from congrad.util.seeds import stable_seed
 
 SEED = 7
 

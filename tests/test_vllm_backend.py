@@ -17,8 +17,8 @@ from congrad.backends.generation import HFBackend, SamplingParams, VLLMBackend
 from congrad.backends.vllm_engine import VLLMUnavailable, engine_args
 from congrad.cli import main
 from congrad.config.run import ConfigError, load_config
-from congrad.core.lowrank import stable_seed
 from congrad.data.artifacts import read_jsonl
+from congrad.util.seeds import stable_seed
 
 from .fake_vllm import install
 

@@ -35,9 +35,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from congrad.core.lowrank import LowRankEMA, stable_seed
+from congrad.core.lowrank import LowRankEMA
 from congrad.models.lora import LORA_INCLUDE, has_adapter
 from congrad.util.atomic import write_atomic
+from congrad.util.seeds import stable_seed
 
 FORMAT = "congrad.core.gradient_ema/1"
 _DENSE_GRAM_BYTES = 256 * 2**20  # memory allowed for decompressed EMAs in gram()

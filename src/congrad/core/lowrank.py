@@ -22,15 +22,9 @@ minibatches is not shrunk towards zero relative to one seen in many.
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
-
-def stable_seed(*parts: object) -> int:
-    """A 63-bit seed derived from ``parts`` with SHA-256: no global RNG, no counters."""
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+from congrad.util.seeds import stable_seed
 
 
 class LowRankEMA:

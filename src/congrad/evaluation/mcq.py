@@ -52,7 +52,6 @@ from typing import Any
 import torch
 
 from congrad.core.losses import sequence_logps
-from congrad.core.lowrank import stable_seed
 from congrad.data.encoding import pad_token_id_of
 from congrad.data.tables import (
     DataError,
@@ -65,6 +64,7 @@ from congrad.data.tables import (
     text_field,
 )
 from congrad.util.languages import check_language_code
+from congrad.util.seeds import stable_seed
 
 LETTERS = string.ascii_uppercase
 SAMPLE = "sample"  # the name :func:`load_mcq` reads as the built-in file

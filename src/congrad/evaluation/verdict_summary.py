@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from congrad.config.run import RunConfig
-from congrad.core.lowrank import stable_seed
+from congrad.util.seeds import stable_seed
 
 
 def seen_and_unseen(config: RunConfig, languages: list[str]) -> tuple[list[str], list[str]]:

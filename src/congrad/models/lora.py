@@ -49,7 +49,7 @@ from torch import nn
 
 from congrad.config.base import LoRAError  # torch-free, for congrad.errors
 from congrad.config.run import LoRAConfig
-from congrad.core.lowrank import stable_seed
+from congrad.util.seeds import stable_seed
 
 ADAPTER = "default"
 #: Weight-name patterns of the tracked matrices of a model with an adapter.

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from congrad.config.run import ModelConfig, RunConfig
-from congrad.core.lowrank import stable_seed
 from congrad.data.artifacts import fingerprint, read_jsonl, write_jsonl
 from congrad.data.records import PromptRecord
 from congrad.evaluation.verdict_summary import summarise_verdicts, verdict_winner
@@ -37,6 +36,7 @@ from congrad.pipeline.context import RunContext
 from congrad.pipeline.stage_graph import StageFailed
 from congrad.pipeline.stage_io import generation_backend, partial_log
 from congrad.util.atomic import write_text_atomic
+from congrad.util.seeds import stable_seed
 
 if TYPE_CHECKING:
     from congrad.evaluation.judges import PairwiseJudge

@@ -18,13 +18,13 @@ from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
-from congrad.core.lowrank import stable_seed
 from congrad.data.artifacts import read_jsonl, write_jsonl
 from congrad.data.records import Completion, Judgment, PreferencePair, PromptRecord
 from congrad.parallel import distributed
 from congrad.pipeline.context import RunContext
 from congrad.pipeline.stage_graph import StageFailed
 from congrad.pipeline.stage_io import generation_backend, mcq_accuracy, partial_log
+from congrad.util.seeds import stable_seed
 
 
 def _per_lang(records: list[Any]) -> dict[str, int]:

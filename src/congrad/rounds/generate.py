@@ -23,9 +23,9 @@ from typing import Any
 
 from congrad.backends.generation import ModelBackend, SamplingParams
 from congrad.config.run import GenerateConfig
-from congrad.core.lowrank import stable_seed
 from congrad.data.records import Completion, PromptRecord
 from congrad.parallel.distributed import is_main, map_in_waves
+from congrad.util.seeds import stable_seed
 
 
 def completion_id(prompt_id: str, sample_index: int) -> str:

@@ -30,9 +30,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from congrad.core.lowrank import stable_seed
 from congrad.data.records import PreferencePair
 from congrad.rounds.train import language_schedule
+from congrad.util.seeds import stable_seed
 
 
 def _by_language(pairs: Sequence[PreferencePair], schedule: list[list[int]]) -> dict[str, list]:

@@ -34,8 +34,8 @@ from typing import Any, TypeVar
 
 from congrad.backends.generation import Generation, ModelBackend, SamplingParams
 from congrad.config.run import JudgeConfig
-from congrad.core.lowrank import stable_seed
 from congrad.data.records import Completion, Judgment
+from congrad.util.seeds import stable_seed
 
 MAX_SCORE = 5
 SAMPLED_TEMPERATURE = 0.7

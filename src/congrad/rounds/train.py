@@ -72,7 +72,6 @@ from torch.optim.lr_scheduler import LambdaLR
 from congrad.config.run import EMAConfig, TrainConfig
 from congrad.core.gradient_ema import GradientEMA
 from congrad.core.losses import lp_dpo_loss, sequence_logps
-from congrad.core.lowrank import stable_seed
 from congrad.data.encoding import PairBatch, collate_pairs, encode_pair, pad_token_id_of
 from congrad.data.records import PreferencePair
 from congrad.models.checkpointing import enable_gradient_checkpointing
@@ -80,6 +79,7 @@ from congrad.models.lora import merge_adapter
 from congrad.parallel import distributed
 from congrad.rounds import engines
 from congrad.util.atomic import remove_stale_temporaries
+from congrad.util.seeds import stable_seed
 
 
 @dataclass(frozen=True)

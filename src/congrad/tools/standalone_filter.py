@@ -33,11 +33,11 @@ import torch
 from congrad.config.run import RunConfig
 from congrad.core.gradient_ema import GradientEMA
 from congrad.core.losses import lp_dpo_loss
-from congrad.core.lowrank import stable_seed
 from congrad.data.artifacts import write_jsonl, write_manifest
 from congrad.data.encoding import collate_pairs, encode_pair, pad_token_id_of
 from congrad.data.records import PreferencePair
 from congrad.parallel import distributed
+from congrad.util.seeds import stable_seed
 
 
 def build_ema_from_pairs(

@@ -37,7 +37,6 @@ from typing import Any
 import torch
 
 from congrad.config.run import EMAConfig, Strategy, TrainConfig
-from congrad.core.lowrank import stable_seed
 from congrad.core.scoring import score_pairs
 from congrad.core.selection import select_pairs, strategy_scores
 from congrad.data.records import PreferencePair
@@ -45,6 +44,7 @@ from congrad.rounds.train import reference_logps, train_round
 from congrad.tools.interference.data import InterferenceData, InterferenceSpec, make_data
 from congrad.tools.interference.metrics import kept_precision, preference_accuracy, separation_auc
 from congrad.tools.interference.model import build_model, build_tokenizer, pretrain
+from congrad.util.seeds import stable_seed
 
 ORACLE = "oracle"
 OWN_EMA = "own-ema"

@@ -47,8 +47,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from congrad.core.lowrank import stable_seed
 from congrad.data.records import PreferencePair
+from congrad.util.seeds import stable_seed
 
 MAX_SCORE = 5
 EVAL_KINDS = ("shared_vs_neutral", "shared_vs_own", "own_vs_neutral")

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from congrad.core.lowrank import stable_seed
+from congrad.util.seeds import stable_seed
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:

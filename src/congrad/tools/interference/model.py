@@ -27,8 +27,8 @@ from typing import Any, cast
 
 import torch
 
-from congrad.core.lowrank import stable_seed
 from congrad.tools.interference.data import InterferenceSpec, vocabulary
+from congrad.util.seeds import stable_seed
 
 SPECIAL_TOKENS = ["<|pad|>", "<|unk|>", "<|end|>"]
 
