@@ -14,7 +14,7 @@ import torch
 
 from congrad.backends.generation import HFBackend
 from congrad.data.artifacts import ArtifactError
-from congrad.errors import USER_ERRORS
+from congrad.errors import CongradError
 from congrad.evaluation.judges import (
     JudgeReply,
     JudgeSetupError,
@@ -108,7 +108,8 @@ def test_openai_judge_without_a_key_names_the_variable(server, monkeypatch, valu
         monkeypatch.setenv(KEY_ENV, value)
     with pytest.raises(JudgeSetupError, match=KEY_ENV):
         make_judge(server)
-    assert JudgeSetupError in USER_ERRORS and JudgeUnavailable in USER_ERRORS
+    assert issubclass(JudgeSetupError, CongradError)
+    assert issubclass(JudgeUnavailable, CongradError)
 
 
 def test_transient_server_errors_are_retried_by_the_sdk(server):

@@ -81,3 +81,24 @@ def test_cli_inspect_ema(tmp_path, filled_ema, capsys):
 
 def test_all_lists_exactly_the_exports():
     assert sorted(congrad.__all__) == sorted(["__version__", *congrad._EXPORTS])
+
+
+def test_every_user_error_has_the_one_base_and_errors_is_a_leaf():
+    # The CLI catches CongradError alone: an error class named like a user error that does
+    # not derive from it would end in a traceback instead of one line and exit 2.
+    import ast
+    import inspect
+
+    from congrad.errors import CongradError
+
+    source = inspect.getsource(importlib.import_module("congrad.errors"))
+    imports = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom)]
+    assert all(n.module == "__future__" for n in imports), "congrad.errors must import nothing"
+    found = []
+    for name in MODULES:
+        module = importlib.import_module(name)
+        for _, value in inspect.getmembers(module, inspect.isclass):
+            if value.__module__ == name and issubclass(value, Exception):
+                found.append(value)
+                assert issubclass(value, CongradError), f"{name}.{value.__name__}"
+    assert len(found) >= 16  # the user errors of every layer were found, not none

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from congrad.config.run import TrainConfig
-from congrad.errors import USER_ERRORS
+from congrad.errors import CongradError
 from congrad.parallel import zero
 
 
@@ -69,7 +69,7 @@ def test_what_the_loop_cannot_honour_is_refused_by_name(change, train, names):
     with pytest.raises(zero.ZeroConfigError, match=names.replace("(", r"\(")) as refused:
         zero.configure(config, TrainConfig(**train), world=2)
     assert config == before  # nothing half-filled
-    assert isinstance(refused.value, USER_ERRORS)  # the CLI prints it as one line, exit 2
+    assert isinstance(refused.value, CongradError)  # the CLI prints it as one line, exit 2
 
 
 def test_deepspeed_is_requested_by_the_launchers_environment(monkeypatch):

@@ -1,37 +1,15 @@
-"""The errors a user can cause and fix: the CLI prints these as one clear line.
+"""The one base of every error a user can cause and fix.
 
-In: nothing. Out: :data:`USER_ERRORS`, the exception types whose message already says
-what went wrong and what to do (bad config, bad data file, a stage run out of order).
-Anything else is a bug and keeps its traceback.
+In: nothing (a leaf: this module imports nothing of congrad). Out: :class:`CongradError`.
+Every user error (a bad config, a bad data file, a stage run out of order, a missing
+model or package, a judge that cannot be reached) subclasses it, keeping the built-in
+type it had (``ValueError``, ``RuntimeError``) so callers that caught those still do. The
+CLI prints a ``CongradError`` as one line and exits 2; anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
 
-from congrad.backends.vllm_engine import VLLMUnavailable
-from congrad.config.base import LoRAError
-from congrad.config.run import ConfigError
-from congrad.data.artifacts import ArtifactError
-from congrad.data.tables import DataError
-from congrad.evaluation.judges import JudgeSetupError, JudgeUnavailable
-from congrad.models.loading import ModelLoadError
-from congrad.models.offline import OfflineModelError
-from congrad.parallel.zero import ZeroConfigError
-from congrad.pipeline.stage_graph import StageFailed, StageNotReady
-from congrad.tools.memory_plan import PlanError
 
-USER_ERRORS: tuple[type[Exception], ...] = (
-    ArtifactError,
-    ConfigError,
-    DataError,
-    JudgeSetupError,
-    JudgeUnavailable,
-    LoRAError,
-    StageFailed,
-    StageNotReady,
-    ModelLoadError,
-    OfflineModelError,
-    PlanError,
-    FileNotFoundError,
-    VLLMUnavailable,
-    ZeroConfigError,
-)
+class CongradError(Exception):
+    """A user error: its message says what went wrong, where, and what to do."""

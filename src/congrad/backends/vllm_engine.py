@@ -26,11 +26,13 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from congrad.errors import CongradError
+
 if TYPE_CHECKING:
     from congrad.config.run import RunConfig
 
 
-class VLLMUnavailable(RuntimeError):
+class VLLMUnavailable(CongradError, RuntimeError):
     """``generate.backend=vllm`` was asked for where vLLM cannot run."""
 
 

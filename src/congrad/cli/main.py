@@ -63,12 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from congrad.errors import USER_ERRORS
+    from congrad.errors import CongradError
     from congrad.util.atomic import DISK_FULL
 
     try:
         return int(args.handler(args))
-    except USER_ERRORS as error:
+    except (CongradError, FileNotFoundError) as error:
         print(f"congrad: {error}", file=sys.stderr)
         return 2
     except OSError as error:

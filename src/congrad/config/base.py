@@ -12,14 +12,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from congrad.errors import CongradError
 from congrad.util.languages import check_language_code
 
 
-class ConfigError(ValueError):
+class ConfigError(CongradError, ValueError):
     """A config file or override is invalid; the message says which key and what to do."""
 
 
-class LoRAError(RuntimeError):
+class LoRAError(CongradError, RuntimeError):
     """LoRA is configured but cannot be applied (peft missing, target modules absent);
     the message says what to change."""
 

@@ -17,12 +17,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from congrad.errors import CongradError
 from congrad.util.atomic import atomic_path, write_text_atomic
 
 MANIFEST_SUFFIX = ".manifest.json"
 
 
-class ArtifactError(ValueError):
+class ArtifactError(CongradError, ValueError):
     """A record file is malformed; the message names the file and line."""
 
 

@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from congrad.errors import CongradError
+
 Row = Mapping[Any, Any]
 Rows = Iterator[tuple[str, Row]]  # (where, row), where = "<file>, line 3" or "<file>, row 2"
 
 
-class DataError(ValueError):
+class DataError(CongradError, ValueError):
     """A data file or row that cannot be used; the message says where and what to do."""
 
 

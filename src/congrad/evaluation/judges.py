@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from congrad.data.artifacts import ArtifactError, PartialLog
+from congrad.errors import CongradError
 from congrad.evaluation.pairwise import (
     Verdict,
     parse_verdict,
@@ -54,12 +55,12 @@ class JudgeStats:
     """Distinct prompts answered from the cache."""
 
 
-class JudgeUnavailable(RuntimeError):
+class JudgeUnavailable(CongradError, RuntimeError):
     """The judge endpoint failed after the SDK's retries; the message says how many
     prompts were answered (and cached) and to rerun the same command."""
 
 
-class JudgeSetupError(ValueError):
+class JudgeSetupError(CongradError, ValueError):
     """The judge cannot be set up (e.g. its API key variable is unset); the message names
     the variable, never a key."""
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from congrad.config.run import ModelConfig
+from congrad.errors import CongradError
 
 if TYPE_CHECKING:
     import torch
@@ -24,7 +25,7 @@ TINY_RANDOM = "tiny-random"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(CongradError, RuntimeError):
     """The configured model cannot be found or loaded; the message says what to give."""
 
 

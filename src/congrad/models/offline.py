@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from congrad.errors import CongradError
+
 __all__ = [
     "MANIFEST_NAME",
     "SMOLLM2",
@@ -73,7 +75,7 @@ CHATML_TEMPLATE = (
 )
 
 
-class OfflineModelError(RuntimeError):
+class OfflineModelError(CongradError, RuntimeError):
     """Fetching, verifying or converting an offline model failed; the message says what to do."""
 
 

@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from congrad.config.run import RunConfig, TrainConfig
+from congrad.errors import CongradError
 
 if TYPE_CHECKING:  # importing this module stays torch-free (congrad.errors imports it)
     import torch
@@ -52,7 +53,7 @@ if TYPE_CHECKING:  # importing this module stays torch-free (congrad.errors impo
 ENV = "ACCELERATE_USE_DEEPSPEED"
 
 
-class ZeroConfigError(ValueError):
+class ZeroConfigError(CongradError, ValueError):
     """The DeepSpeed config asks for something congrad's training loop cannot honour."""
 
 

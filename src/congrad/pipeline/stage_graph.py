@@ -24,6 +24,7 @@ from typing import Any
 
 from congrad.config.run import RunConfig
 from congrad.data.artifacts import fingerprint, read_manifest, round_dir, write_manifest
+from congrad.errors import CongradError
 
 STAGES = ("prompts", "generate", "judge", "pairs", "filter", "train")
 COLLECTIVE_STAGES = ("generate", "judge", "filter", "train", "answers")
@@ -63,11 +64,11 @@ under ``accelerate launch`` they run on the main process only. Any other stage s
 engine down before it runs."""
 
 
-class StageNotReady(RuntimeError):
+class StageNotReady(CongradError, RuntimeError):
     """A stage was asked to run before the stages it reads have completed."""
 
 
-class StageFailed(RuntimeError):
+class StageFailed(CongradError, RuntimeError):
     """A stage cannot produce its output from its inputs; the message says why and where
     to look. Earlier artifacts are untouched and the stage reruns when asked again."""
 

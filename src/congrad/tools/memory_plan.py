@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from congrad.config.run import LORA_TARGETS
+from congrad.errors import CongradError
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -63,7 +64,7 @@ DEFAULTS = {"rank": 64, "languages": 10, "batch_size": 16, "max_length": 1024, "
 _CONFIG_DTYPES = {"auto": "bf16", "bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 
-class PlanError(ValueError):
+class PlanError(CongradError, ValueError):
     """A model's config.json cannot be found or read, or lacks a size the plan needs."""
 
 

@@ -4,7 +4,7 @@ In: an :class:`InterferenceSpec` and a seed. Out: :class:`InterferenceData`: war
 candidate and held-out :class:`~congrad.data.records.PreferencePair` sets in ``L`` languages,
 the ids of the planted conflicting pairs, and a pre-training corpus. Pure
 (no torch): every draw comes from a ``random.Random`` seeded with
-:func:`congrad.core.lowrank.stable_seed` over the seed, the set and the language.
+:func:`congrad.util.seeds.stable_seed` over the seed, the set and the language.
 
 The design (the ground truth a real corpus never gives us):
 
