@@ -16,7 +16,7 @@ def _loss(pc, pr, rc, rr, lc, lr, beta, alpha):
 
 
 def test_hand_computed_values():
-    # DESIGN.md section 3.
+    # docs/design.md section 3.
     assert _loss(0, 0, 0, 0, 5, 5, 0.1, 0.01) == pytest.approx(math.log(2), abs=1e-12)
     assert _loss(0, 0, 0, 0, 0, 0, 0.1, 0.0) == pytest.approx(0.693147, abs=5e-7)
     # p_m = (-1 - -5) - (-3 - -3) = 4

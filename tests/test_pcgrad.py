@@ -1,4 +1,4 @@
-"""PCGrad in Gram space: DESIGN.md reference values and the flattened algorithm."""
+"""PCGrad in Gram space: docs/design.md reference values and the flattened algorithm."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One-pass scores equal per-pair autograd (DESIGN.md section 6)."""
+"""One-pass scores equal per-pair autograd (docs/design.md section 6)."""
 
 from __future__ import annotations
 

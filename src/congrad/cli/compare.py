@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if launched():
         print(
             "congrad: compare runs in one process; under torchrun/accelerate launch, run each "
-            "strategy's config with `congrad run` (see README, 'On a GPU cluster')",
+            "strategy's config with `congrad run` (see docs/distributed.md, 'On a GPU cluster')",
             file=sys.stderr,
         )
         return 2

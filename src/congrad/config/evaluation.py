@@ -1,4 +1,4 @@
-"""The ``evaluate`` section of the run config (DESIGN.md section 8): held-out prompts and
+"""The ``evaluate`` section of the run config (docs/design.md section 8): held-out prompts and
 answering, the pairwise judge (:class:`EvalJudgeConfig`) and the multiple-choice alignment
 tax (:class:`MCQConfig`).
 

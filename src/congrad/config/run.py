@@ -57,7 +57,7 @@ PAPER_LANGUAGES = ["en", "de", "fr", "es", "it", "pt", "zh", "ja", "ko", "ar"]
 
 
 class Strategy(StrEnum):
-    """Pair-selection strategies of the paper (DESIGN.md section 7)."""
+    """Pair-selection strategies of the paper (docs/design.md section 7)."""
 
     FULL = "full"
     RAND = "rand"

@@ -3,7 +3,7 @@
 In: a :class:`~congrad.core.gradient_ema.GradientEMA` (and optional PCGrad visiting orders).
 Out: :class:`Consensus`: the PCGrad weights ``w`` ``(L,)``, ``|c|`` and, for each
 tracked matrix, factors ``A`` ``(m, k)`` and ``B`` ``(n, k)`` with ``C = A B^T =
-sum_l w_l EMA_l`` and ``k = r L`` (DESIGN.md sections 5 and 6).
+sum_l w_l EMA_l`` and ``k = r L`` (docs/design.md sections 5 and 6).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-language gradient EMAs of a model's tracked matrices (DESIGN.md section 4).
+"""Per-language gradient EMAs of a model's tracked matrices (docs/design.md section 4).
 
 In: a model whose ``.grad`` holds one single-language minibatch's gradient, and that
 language's code. Out: per language and tracked matrix a :class:`~congrad.core.lowrank.LowRankEMA`;

@@ -6,7 +6,7 @@ log-probs ``(B,)`` and per-pair losses ``(B,)``.
 
 This is the one implementation of the loss: training and the filter's scoring pass both
 call :func:`lp_dpo_loss`, so "the filter's gradient is the gradient of the training loss"
-holds by construction (DESIGN.md section 3, STYLE.md principle 3).
+holds by construction (docs/design.md section 3, docs/architecture.md, design note 3).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One matrix's gradient EMA, stored as low-rank factors (DESIGN.md section 4).
+"""One matrix's gradient EMA, stored as low-rank factors (docs/design.md section 4).
 
 In: a stream of gradients ``g`` ``(m, n)`` of one weight matrix. Out: factors ``P``
 ``(m, r)`` with orthonormal columns and ``Q`` ``(n, r)`` with ``EMA ~= P Q^T``, the

@@ -2,7 +2,7 @@
 
 In: the ``L x L`` Gram matrix ``K`` of the language EMAs (``K_ab = <G_a, G_b>``) and,
 optionally, the order in which each language visits the others. Out: weights ``w``
-``(L,)`` such that the PCGrad consensus is ``c = sum_l w_l G_l`` (DESIGN.md section 5).
+``(L,)`` such that the PCGrad consensus is ``c = sum_l w_l G_l`` (docs/design.md section 5).
 
 PCGrad (Yu et al. 2020) projects each language's gradient ``g_l`` (starting at ``G_l``)
 off every other language's ``G_l'`` it conflicts with, in turn, and sums the results.

@@ -1,4 +1,4 @@
-"""CONGRAD pair scores in one batched forward and backward (DESIGN.md section 6).
+"""CONGRAD pair scores in one batched forward and backward (docs/design.md section 6).
 
 In: a model and tokenizer at the round-start weights, preference pairs, and the
 per-language :class:`~congrad.core.gradient_ema.GradientEMA`. Out: one

@@ -1,4 +1,4 @@
-"""Stage 5: keep a share of each language's pairs by a strategy's score (DESIGN.md s. 7).
+"""Stage 5: keep a share of each language's pairs by a strategy's score (docs/design.md s. 7).
 
 In: preference pairs, a :class:`~congrad.config.run.Strategy`, the keep fraction ``rho`` and,
 for the CONGRAD strategies, each pair's cosine to the consensus. Out: per pair a

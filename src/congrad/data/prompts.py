@@ -5,7 +5,7 @@ training languages; eval: held out, the same 10 plus hi, vi and ru, unseen in tr
 user files: JSONL, CSV, Parquet, or a folder written by ``datasets.Dataset.save_to_disk``,
 each with columns ``prompt`` and ``lang`` and an optional ``id``.
 Out: :class:`~congrad.data.records.PromptRecord` lists in file order, and
-:func:`partition_rounds`, which gives each self-rewarding round (DESIGN.md section 2) its own
+:func:`partition_rounds`, which gives each self-rewarding round (docs/design.md section 2) its own
 disjoint slice of every language's prompts.
 
 A ``lang`` must be an ISO 639-1 code or a tag built on one (``pt-BR``; see

@@ -1,4 +1,5 @@
-"""Typed records exchanged between stages, keyed by stable ids (STYLE.md principle 5).
+"""Typed records exchanged between stages, keyed by stable ids (docs/architecture.md,
+design note 5).
 
 In: plain values (from JSONL rows, datasets or code). Out: frozen records that validate
 their own fields, so a bad row fails where it is read rather than deep inside a model.
@@ -118,8 +119,8 @@ class Judgment:
     """The judge's verdict on one completion.
 
     ``score`` is the mean of the parsed repeats, or ``None`` when no repeat parsed:
-    a parse failure is never a score of 0 (STYLE.md principle 6). ``failure`` says why
-    (e.g. ``no_score``, ``ambiguous``, ``out_of_range``, ``low_mass``); ``outputs`` keeps
+    a parse failure is never a score of 0 (docs/architecture.md, design note 6). ``failure``
+    says why (e.g. ``no_score``, ``ambiguous``, ``out_of_range``, ``low_mass``); ``outputs`` keeps
     each repeat's raw judge text (text mode) for auditing.
     """
 

@@ -6,9 +6,10 @@ the judge's reply text, or its next-token log-probabilities of the labels. Out: 
 the reason why (:func:`parse_verdict`; for logprob judging :func:`verdict_candidates`, the
 label tokens of a tokenizer, and :func:`read_verdict_logprobs`).
 
-Paper part (DESIGN.md, evaluation): win rates against the seed model, judged pairwise. The
+Paper part (docs/design.md section 8): win rates against the seed model, judged pairwise. The
 caller asks each comparison in both orders to cancel the judge's position bias; this module
-knows nothing of order. Failures are values (STYLE.md principle 6): an unreadable reply is
+knows nothing of order. Failures are values (docs/architecture.md, design note 6): an
+unreadable reply is
 ``Verdict(None, reason)``, never a guessed label and never counted as a tie.
 """
 

@@ -1,4 +1,4 @@
-"""Head-to-head win rates of a round's model over the seed model (DESIGN.md section 8).
+"""Head-to-head win rates of a round's model over the seed model (docs/design.md section 8).
 
 In: judge verdict rows (:class:`VerdictRow`), one per held-out prompt and answer order,
 saying whether the candidate (the round's model) or the baseline (the seed model) won,

@@ -5,7 +5,7 @@ In: a plain causal LM at the round-start weights M_{t-1} and a
 FRESH adapter (:func:`attach_adapter`), and after training the plain model with that
 adapter merged into its weights (:func:`merge_adapter`), which is M_t.
 
-How rounds use adapters (issue #5; DESIGN.md section 4 says "with LoRA: the LoRA A/B
+How rounds use adapters (docs/design.md section 4 says "with LoRA: the LoRA A/B
 matrices"). Each round trains a fresh adapter on M_{t-1} and merges it when saving M_t,
 so every saved round is a plain model folder (vLLM, evaluation and the next round load it
 as any model), and the DPO reference stays M_{t-1} exactly as in the paper. We do not

@@ -7,7 +7,7 @@ the seed model). Out: a :class:`~congrad.backends.generation.VLLMBackend` whose 
 loaded those weights from their folder, and that engine's shutdown before any stage that
 puts the HF model on the GPU.
 
-How engines live (issue #5: "reloading the new round's weights each round"):
+How engines live (the scale-out design: "reloading the new round's weights each round"):
 
 * **Per-round reload from the folder.** Training writes M_t to ``round_<t>/model``; the
   engine for round t+1 is built from that folder, so each round's sampling uses the

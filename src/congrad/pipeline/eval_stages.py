@@ -1,4 +1,4 @@
-"""The I/O edge of evaluation (DESIGN.md section 8): answers, multiple choice, verdicts.
+"""The I/O edge of evaluation (docs/design.md section 8): answers, multiple choice, verdicts.
 
 In: a :class:`~congrad.pipeline.context.RunContext` and a round number ``t`` (0 is the
 seed model M_0).

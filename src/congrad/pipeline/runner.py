@@ -9,7 +9,7 @@ per round ``round_<t>/`` with ``prompts.jsonl``, ``completions.jsonl``,
 :mod:`congrad.pipeline.eval_stages`), with the seed model's in ``round_0/``.
 
 This is the one module that knows the order of the stages (Algorithm 2, reconstructed
-in DESIGN.md section 2). A stage is complete when its manifest carries the expected
+in docs/design.md section 2). A stage is complete when its manifest carries the expected
 fingerprint: a hash of the config sections it depends on and the output digests of the
 stages it reads. So rerunning skips finished work, an interrupted stage is redone (or
 resumed from its partial log: generate, judge), and a stage downstream of changed data

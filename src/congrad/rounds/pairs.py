@@ -1,4 +1,4 @@
-"""Stage 4: preference pairs from judged completions (DESIGN.md section 2).
+"""Stage 4: preference pairs from judged completions (docs/design.md section 2).
 
 In: :class:`~congrad.data.records.Completion` and :class:`~congrad.data.records.Judgment` records,
 joined by ``completion_id``. Out: one :class:`~congrad.data.records.PreferencePair` per prompt

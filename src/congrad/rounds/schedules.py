@@ -1,5 +1,5 @@
 """Minibatch schedules of one training epoch: the order in which single-language
-minibatches are trained (DESIGN.md sections 2 and 7).
+minibatches are trained (docs/design.md sections 2 and 7).
 
 In: the round's kept preference pairs, the minibatch size and a seed, plus what a
 schedule ranks languages by. Out: a list of minibatches, each a list of pair indices of

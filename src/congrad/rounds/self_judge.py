@@ -4,7 +4,7 @@ In: ``Completion`` records (instruction and response), a ``ModelBackend`` holdin
 round's model M_{t-1}, a ``JudgeConfig`` and the run seed. Out: one ``Judgment`` per
 completion, in input order.
 
-Paper part (DESIGN.md section 2): the model that wrote a response scores it with an
+Paper part (docs/design.md section 2): the model that wrote a response scores it with an
 additive 5-point rubric (one point per criterion met, 0..5), in English for every language.
 
 ``text`` mode (the paper's): the judge writes a short English analysis ending in
@@ -21,7 +21,7 @@ than ``config.min_mass`` of the probability: the model is not giving a score, ``
 Tokenizers that never glue a space to a digit (SmolLM2, Qwen2.5, Llama 3) get the prefix
 ``"Score: "``, as they split ``Score: 4`` themselves (:func:`score_candidates`).
 
-Failures are values (STYLE.md principle 6): ``score=None`` with a reason, never 0.
+Failures are values (docs/architecture.md, design note 6): ``score=None`` with a reason, never 0.
 """
 
 from __future__ import annotations

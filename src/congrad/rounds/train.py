@@ -1,4 +1,4 @@
-"""One epoch of length-penalised DPO on HF accelerate, the CONGRAD way (DESIGN.md 2-4).
+"""One epoch of length-penalised DPO on HF accelerate, the CONGRAD way (docs/design.md 2-4).
 
 In: a model and tokenizer at the round-start weights ``M_{t-1}``, the round's kept pairs,
 ``TrainConfig`` / ``EMAConfig``, a seed, and optionally the reference log-probs the scoring
@@ -6,7 +6,7 @@ pass measured at these weights. Out: the model trained in place (left in eval mo
 :class:`TrainResult`, and a fresh :class:`~congrad.core.gradient_ema.GradientEMA` of this round's
 minibatches, with which the caller filters the next round.
 
-Paper part: Algorithm 2's training step (reconstructed, DESIGN.md section 2): one epoch of
+Paper part: Algorithm 2's training step (reconstructed, docs/design.md section 2): one epoch of
 LP-DPO (eq. 3) against ``M_{t-1}``, one language per minibatch, each minibatch's gradient
 folded into its language's EMA (section 4) after its backward, before the optimizer step.
 Our choices: the reference is numbers (``ref_logps`` or :func:`reference_logps`), never a

@@ -4,7 +4,7 @@
 In: a memory plan (one device's bytes of weights, gradients, AdamW states, fp32 masters,
 one minibatch's activations, the EMAs) and a GPU count. Out: the bytes each GPU holds while
 training under DDP, DeepSpeed ZeRO-2 and FSDP2 / ZeRO-3 (what congrad's trainer runs, see
-README "On a GPU cluster"), as rows and a rich table.
+docs/distributed.md, "On a GPU cluster"), as rows and a rich table.
 
 Per GPU, with ``S = W + G + O + M`` the model state (weights, gradients, AdamW, masters):
 

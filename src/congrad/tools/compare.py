@@ -1,6 +1,6 @@
 """``congrad compare``: every strategy of the paper from one base config, then a report.
 
-In: a validated base :class:`~congrad.config.run.RunConfig`, strategy names (DESIGN.md
+In: a validated base :class:`~congrad.config.run.RunConfig`, strategy names (docs/design.md
 section 7), the number of ``rand`` seeds and the keep fractions to sweep. Out, under the
 base ``output_dir``: ``compare.json`` (the plan), ``runs/<name>/`` (one ordinary, resumable
 run folder per planned run, trained and evaluated), ``judge_cache.jsonl`` shared by all

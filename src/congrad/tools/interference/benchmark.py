@@ -5,7 +5,7 @@ rows: how well each strategy's score separates the planted conflicting pairs (AU
 precision of the kept set), and the held-out preference accuracy after LP-DPO on each
 strategy's selection. :mod:`congrad.tools.interference.report` turns it into tables and plots.
 
-Protocol per seed (mirrors a CONGRAD round, DESIGN.md section 2, with the project's own
+Protocol per seed (mirrors a CONGRAD round, docs/design.md section 2, with the project's own
 parts; nothing of the method is re-implemented here):
 
 1. data (:mod:`congrad.tools.interference.data`) and a small Llama pre-trained from
