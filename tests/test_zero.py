@@ -8,7 +8,7 @@ import pytest
 
 from congrad.config.run import TrainConfig
 from congrad.errors import CongradError
-from congrad.parallel import zero
+from congrad.parallel import launch, zero
 
 
 def _accelerate_defaults(stage: int) -> dict:
@@ -73,9 +73,9 @@ def test_what_the_loop_cannot_honour_is_refused_by_name(change, train, names):
 
 
 def test_deepspeed_is_requested_by_the_launchers_environment(monkeypatch):
-    monkeypatch.delenv(zero.ENV, raising=False)
-    assert not zero.requested()
-    monkeypatch.setenv(zero.ENV, "True")
-    assert zero.requested()
-    monkeypatch.setenv(zero.ENV, "false")
-    assert not zero.requested()
+    monkeypatch.delenv(launch.DEEPSPEED_ENV, raising=False)
+    assert not launch.deepspeed_requested() and not zero.requested()
+    monkeypatch.setenv(launch.DEEPSPEED_ENV, "True")
+    assert launch.deepspeed_requested() and zero.requested()
+    monkeypatch.setenv(launch.DEEPSPEED_ENV, "false")
+    assert not launch.deepspeed_requested()

@@ -19,6 +19,7 @@ from congrad.cli import (
     compare,
     evaluate,
     fetch_model,
+    filter_dataset,
     inspect_ema,
     plan,
     report,
@@ -27,20 +28,18 @@ from congrad.cli import (
     stages,
 )
 
-# Registration order is the order of ``congrad --help``; stages registers
-# prompts, generate, judge, pairs, filter (congrad.cli.filter_dataset) and train.
-COMMANDS = (
-    run,
-    stages,
-    evaluate,
-    compare,
-    report,
-    bench,
-    show_config,
-    fetch_model,
-    inspect_ema,
-    plan,
-)
+LATER_COMMANDS = (evaluate, compare, report, bench, show_config, fetch_model, inspect_ema, plan)
+
+
+def _register(commands: argparse._SubParsersAction) -> None:
+    """Every command, in the order ``congrad --help`` lists them: run, the loop's stages in
+    their order (filter, loop stage or standalone, has its own module), then the rest."""
+    run.add_parser(commands)
+    stages.add_parser(commands, ("prompts", "generate", "judge", "pairs"))
+    filter_dataset.add_parser(commands)
+    stages.add_parser(commands, ("train",))
+    for command in LATER_COMMANDS:
+        command.add_parser(commands)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,8 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"congrad {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in COMMANDS:
-        command.add_parser(commands)
+    _register(commands)
     return parser
 
 

@@ -17,8 +17,6 @@ from typing import Any
 
 from congrad.cli import common
 
-STAGES = ("prompts", "generate", "judge", "pairs", "filter", "train")
-
 
 def add_stage_arguments(command: argparse.ArgumentParser, *, round_required: bool) -> None:
     """The config, ``--round`` and the run-folder flags of a stage command."""
@@ -27,13 +25,9 @@ def add_stage_arguments(command: argparse.ArgumentParser, *, round_required: boo
     common.add_run_flags(command)
 
 
-def add_parser(subparsers: Any) -> None:
-    for stage in STAGES:
-        if stage == "filter":  # loop stage or standalone: its own module
-            from congrad.cli import filter_dataset
-
-            filter_dataset.add_parser(subparsers)
-            continue
+def add_parser(subparsers: Any, names: tuple[str, ...]) -> None:
+    """Register the loop stages ``names`` (``filter`` has its own module, filter_dataset)."""
+    for stage in names:
         command = subparsers.add_parser(stage, help=f"run the {stage} stage of one round")
         add_stage_arguments(command, round_required=True)
         command.set_defaults(handler=run)

@@ -20,7 +20,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from congrad.models.offline import CHATML_TEMPLATE, OfflineModelError
+from congrad.errors import CongradError
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class OfflineModelError(CongradError, RuntimeError):
+    """Fetching, verifying or converting an offline model failed; the message says what to do."""
 
 
 @contextlib.contextmanager

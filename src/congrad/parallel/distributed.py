@@ -33,7 +33,7 @@ from typing import Any, TypeVar, cast
 
 import torch
 
-from congrad.parallel import zero
+from congrad.parallel.launch import deepspeed_requested
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -69,7 +69,7 @@ def use_cpu() -> bool:
     """accelerate must be told to use CPU processes (gloo) when there is no GPU. Except
     under DeepSpeed (:mod:`congrad.parallel.zero`): accelerate only picks DeepSpeed for a run not
     marked CPU, so a GPU-less DeepSpeed run (the CPU tests) names gloo instead."""
-    return not torch.cuda.is_available() and not zero.requested()
+    return not torch.cuda.is_available() and not deepspeed_requested()
 
 
 def _state() -> Any:
@@ -77,7 +77,7 @@ def _state() -> Any:
 
     seconds = float(os.environ.get(TIMEOUT_ENV, 4 * 3600))
     options: dict[str, Any] = {"timeout": timedelta(seconds=seconds)}
-    if zero.requested() and not torch.cuda.is_available():
+    if deepspeed_requested() and not torch.cuda.is_available():
         options["backend"] = "gloo"
     return PartialState(cpu=use_cpu(), **options)
 

@@ -39,28 +39,20 @@ at a time (``safe_get_full_fp32_param``), so bf16 training saves what a DDP run 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from congrad.config.run import RunConfig, TrainConfig
 from congrad.errors import CongradError
+from congrad.parallel.launch import deepspeed_requested as requested
 
-if TYPE_CHECKING:  # importing this module stays torch-free (congrad.errors imports it)
+if TYPE_CHECKING:  # importing this module stays torch-free (the CLI preflight imports it)
     import torch
     from torch import nn
-
-ENV = "ACCELERATE_USE_DEEPSPEED"
 
 
 class ZeroConfigError(CongradError, ValueError):
     """The DeepSpeed config asks for something congrad's training loop cannot honour."""
-
-
-def requested() -> bool:
-    """Whether the launcher asked for DeepSpeed (``accelerate launch`` with a DeepSpeed
-    config sets ``ACCELERATE_USE_DEEPSPEED=true`` on every rank)."""
-    return os.environ.get(ENV, "false").lower() == "true"
 
 
 def _is_auto(value: Any) -> bool:
@@ -137,10 +129,10 @@ def check_launch(config: RunConfig) -> None:
 
     from accelerate.utils import DeepSpeedPlugin
 
-    from congrad.parallel import distributed
-
     plugin = DeepSpeedPlugin()  # reads ACCELERATE_DEEPSPEED_* as the Accelerator will
     load_models_whole()  # building the plugin registered its config with transformers
+    from congrad.parallel import distributed
+
     configure(copy.deepcopy(plugin.deepspeed_config), config.train, distributed.world_size())
 
 
