@@ -11,6 +11,20 @@ from congrad import GradientEMA, PreferencePair, collate_pairs, encode_pair, lp_
 from congrad.core.losses import sequence_logps
 from congrad.models.tiny import tiny_causal_lm
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ("unit", "e2e", "distributed")
+"""Test folders and their markers: ``pytest -m unit`` runs the unit layer alone."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by the folder it lives in (tests/unit, tests/e2e, tests/distributed)."""
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        layer = Path(item.path).resolve().relative_to(tests).parts[0]
+        if layer in LAYERS:
+            item.add_marker(getattr(pytest.mark, layer))
+
+
 LANGS = ("en", "de", "zh")
 TEXTS = {
     "en": ("Explain why the sky is blue.", "Sunlight scatters off air molecules.", "Blue."),

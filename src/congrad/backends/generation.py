@@ -224,7 +224,7 @@ class VLLMBackend:
     :meth:`close` shuts the engine down and frees its GPU memory
     (:func:`congrad.backends.vllm_engine.shutdown_engine`). Built by
     :class:`congrad.backends.vllm_engine.EngineCache`; tested against a fake ``vllm`` module
-    (tests/fake_vllm.py), never against a real GPU engine in this project's CI.
+    (tests/fakes/fake_vllm.py), never against a real GPU engine in this project's CI.
     """
 
     def __init__(
