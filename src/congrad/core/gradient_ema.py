@@ -40,7 +40,7 @@ from congrad.models.lora import LORA_INCLUDE, has_adapter
 from congrad.util.atomic import write_atomic
 from congrad.util.seeds import stable_seed
 
-FORMAT = "congrad.core.gradient_ema/1"
+FORMAT = "congrad.gradient_ema/1"  # the file format's name (kept when the module moved to core/)
 _DENSE_GRAM_BYTES = 256 * 2**20  # memory allowed for decompressed EMAs in gram()
 _BLOCK_INDEX = re.compile(r"(^|\.)\d+(\.|$)")
 

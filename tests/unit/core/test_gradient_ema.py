@@ -141,3 +141,14 @@ def test_same_seed_same_state(tiny, pairs):
     fill_ema(model, tokenizer, pairs, first, steps=3)
     fill_ema(model, tokenizer, pairs, second, steps=3)
     torch.testing.assert_close(first.gram(), second.gram(), rtol=0, atol=0)
+
+
+def test_the_file_format_name_is_stable(tmp_path, filled_ema):
+    # Saved EMAs (``--ema round_3/ema.safetensors``) must load after code moves: the header
+    # names the file format, not the module that writes it.
+    from safetensors import safe_open
+
+    filled_ema.save(tmp_path / "ema.safetensors")
+    with safe_open(tmp_path / "ema.safetensors", framework="pt") as handle:
+        header = json.loads(handle.metadata()["congrad"])
+    assert header["format"] == "congrad.gradient_ema/1"

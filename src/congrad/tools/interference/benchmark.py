@@ -384,7 +384,7 @@ def run_benchmark(config: BenchConfig, log: Log = lambda message: None) -> dict[
     finally:
         torch.set_num_threads(threads)
     return {
-        "format": "congrad.tools.interference.benchmark/1",
+        "format": "congrad.bench.interference/1",
         "config": config.to_dict(),
         "separation": separation,
         "accuracy": accuracy,
