@@ -32,15 +32,20 @@ def load_config(args: argparse.Namespace) -> Any:
     return load_config(args.config, list(args.overrides))
 
 
-def load_checked(args: argparse.Namespace) -> Any:
+def load_checked(args: argparse.Namespace, *, generates: bool = False) -> Any:
     """The validated config, its model checked to exist (and LoRA to be installed, if the
-    config asks for it) before any stage runs. A ``--model`` flag names the model instead."""
+    config asks for it) before any stage runs. A ``--model`` flag names the model instead.
+    ``generates``: the command generates text, so ``generate.backend=vllm`` needs vLLM."""
     from congrad.models.loading import check_model_source
     from congrad.models.lora import check_lora_available
 
     config = load_config(args)
     check_model_source(getattr(args, "model", None) or config.model.name_or_path)
     check_lora_available(config.model.lora)
+    if generates:
+        from congrad.backends.vllm_engine import check_vllm_available
+
+        check_vllm_available(config)
     return config
 
 

@@ -34,14 +34,6 @@ def add_parser(subparsers: Any) -> None:
     command.set_defaults(handler=run)
 
 
-def _preflight(args: argparse.Namespace) -> Any:
-    from congrad.backends.vllm_engine import check_vllm_available
-
-    config = common.load_checked(args)
-    check_vllm_available(config)
-    return config
-
-
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -55,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    config = _preflight(args)
+    config = common.load_checked(args, generates=True)
     strategies = parse_strategies(args.strategies)
     keeps = parse_keeps(args.keep)
     if args.seeds < 1:

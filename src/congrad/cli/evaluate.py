@@ -25,20 +25,12 @@ def add_parser(subparsers: Any) -> None:
     command.set_defaults(handler=run)
 
 
-def _preflight(args: argparse.Namespace) -> Any:
-    from congrad.backends.vllm_engine import check_vllm_available
-
-    config = common.load_checked(args)
-    check_vllm_available(config)
-    return config
-
-
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from congrad.reporting.report import evaluation_table
 
-    config = _preflight(args)
+    config = common.load_checked(args, generates=True)
     if args.round is not None and common.round_refused(config, args.round):
         return 2
     common.check_judge_key(config)

@@ -23,11 +23,9 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _preflight(args: argparse.Namespace) -> Any:
-    from congrad.backends.vllm_engine import check_vllm_available
     from congrad.parallel.zero import check_launch
 
-    config = common.load_checked(args)
-    check_vllm_available(config)  # before any stage runs, not after round 1's prompts
+    config = common.load_checked(args, generates=True)  # vLLM checked before any stage runs
     check_launch(config)  # a DeepSpeed launch the loop cannot honour: refused now
     return config
 
