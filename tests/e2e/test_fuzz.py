@@ -35,10 +35,10 @@ from hypothesis import strategies as st
 
 from congrad.cli import main
 from congrad.config.run import ConfigError, RunConfig, _valid_keys, load_config
+from congrad.data.mcq_files import LETTERS, MCQDataError, load_mcq_files
 from congrad.data.preference_files import PairDataError, load_pair_files
 from congrad.data.prompts import PromptDataError, load_prompt_files
 from congrad.data.tables import DataError
-from congrad.evaluation.mcq import LETTERS, MCQDataError, load_mcq_files
 from congrad.evaluation.pairwise import VERDICT_LABELS, Verdict, parse_verdict
 from congrad.rounds.self_judge import MAX_SCORE, parse_score
 

@@ -142,7 +142,8 @@ def run_answers(context: RunContext, round_index: int) -> dict[str, Any]:
 
 
 def run_mcq(context: RunContext, round_index: int) -> dict[str, Any]:
-    from congrad.evaluation.mcq import accuracy_by_lang, load_mcq, score_mcq
+    from congrad.data.mcq_files import load_mcq
+    from congrad.evaluation.mcq import accuracy_by_lang, score_mcq
 
     config, mcq = context.config, context.config.evaluate.mcq
     languages = config.evaluate.eval_languages(config.prompts.languages)

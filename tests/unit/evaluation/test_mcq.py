@@ -13,19 +13,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from congrad.evaluation.mcq import (
+from congrad.data.mcq_files import (
     LETTERS,
     MCQDataError,
-    MCQResult,
     MCQuestion,
-    accuracy_by_lang,
-    choose_shots,
     load_builtin_mcq,
     load_mcq,
     load_mcq_files,
-    mcq_prompt,
-    score_mcq,
 )
+from congrad.evaluation.mcq import MCQResult, accuracy_by_lang, choose_shots, mcq_prompt, score_mcq
 
 ROWS = [
     {"id": "q1", "lang": "en", "question": "Capital of Italy?", "choices": ["Rome", "Oslo"],
